@@ -1,0 +1,41 @@
+"""The ``clipseek`` command: thin adapters over the library, one module per command group."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from .. import __version__
+from ..errors import ClipseekError
+
+
+class Group(click.Group):
+    """Turns a :class:`ClipseekError` into a one-line message and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ClipseekError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="clipseek")
+def main() -> None:
+    """Search your own images by describing them.
+
+    \b
+    Try it offline in one step:   clipseek demo
+    Index a folder:               clipseek index ~/Pictures
+    Search it:                    clipseek search "a dog on a beach"
+    """
+
+
+def _register() -> None:
+    from .models import models
+
+    main.add_command(models)
+
+
+_register()

@@ -1,0 +1,134 @@
+"""Image decoding and CLIP preprocessing in NumPy + Pillow (no torch).
+
+``preprocess`` reproduces open_clip's eval transform for ``resize_mode='shortest'`` exactly: resize the
+shorter side to the model's size (bicubic, size rounded down as torchvision does), center crop (offsets
+rounded as torchvision does), scale to [0, 1], normalise by mean/std. ``load_image`` decodes a file safely:
+EXIF orientation applied, every mode made RGB (transparency composited on white, 16-bit scaled rather than
+clipped), a pixel limit checked from the header before any decoding, and optional JPEG draft decoding
+(a DCT-domain downscale) for images much larger than the model needs.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageDecodeError, ImageError, ImageTooLargeError
+
+DEFAULT_MAX_PIXELS = int(os.environ.get("CLIPSEEK_MAX_PIXELS", 150_000_000))
+#: Draft-decode a JPEG only down to this multiple of the model's input size; measured in bench/transforms.py.
+DRAFT_FACTOR = 2
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+ImageInput = Union[str, os.PathLike, Image.Image]
+
+
+def load_image(
+    source: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None
+) -> Image.Image:
+    """Decode ``source`` to an upright RGB image, or raise an :class:`ImageError` naming it and why."""
+    if isinstance(source, Image.Image):
+        return to_rgb(_upright(source))
+    name = os.fsdecode(source)
+    try:
+        if os.path.getsize(source) == 0:
+            raise ImageDecodeError(name, "empty file (0 bytes)")
+        with Image.open(source) as img:
+            _check_pixels(name, img.size, max_pixels)
+            if draft_size and img.format == "JPEG":
+                want = draft_size * DRAFT_FACTOR
+                img.draft("RGB", (want, want))
+            img.load()
+            return to_rgb(_upright(img))
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageDecodeError(name, "file not found (moved or deleted while indexing?)") from None
+    except PermissionError:
+        raise ImageDecodeError(name, "permission denied: make the file readable or exclude it") from None
+    except IsADirectoryError:
+        raise ImageDecodeError(name, "is a directory, not an image") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError(name, "not an image format Pillow can read") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(name, _pixels_from_message(str(exc)), max_pixels) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageDecodeError(name, f"truncated or corrupt image ({exc})") from None
+
+
+def _check_pixels(name: str, size: tuple[int, int], max_pixels: int) -> None:
+    pixels = size[0] * size[1]
+    if pixels > max_pixels:
+        raise ImageTooLargeError(name, pixels, max_pixels)
+
+
+def _pixels_from_message(message: str) -> int:
+    digits = [int(tok) for tok in message.replace("(", " ").split() if tok.isdigit()]
+    return digits[0] if digits else -1
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return ImageOps.exif_transpose(img) or img
+        except Exception:  # a broken EXIF block must not lose the image
+            return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode → RGB: alpha over white, 16/32-bit and float scaled to 8 bits, palette expanded."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """Shorter side to ``size``, longer side scaled and truncated (torchvision's rule)."""
+    if width <= height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
+
+
+def preprocess(
+    img: Image.Image,
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    interpolation: str = "bicubic",
+) -> np.ndarray:
+    """RGB image → normalised float32 array ``[3, size, size]``, as CLIP's eval transform."""
+    width, height = img.size
+    new_w, new_h = resized_size(width, height, size)
+    if (new_w, new_h) != (width, height):
+        img = img.resize((new_w, new_h), _RESAMPLE[interpolation])
+    top = int(round((new_h - size) / 2.0))
+    left = int(round((new_w - size) / 2.0))
+    img = img.crop((left, top, left + size, top + size))
+    arr = np.asarray(img, dtype=np.float32)
+    scale = np.asarray([1.0 / (255.0 * s) for s in std], dtype=np.float32)
+    shift = np.asarray([m / s for m, s in zip(mean, std)], dtype=np.float32)
+    return np.ascontiguousarray((arr * scale - shift).transpose(2, 0, 1))
+
+
+Image.MAX_IMAGE_PIXELS = None  # clipseek checks its own, configurable limit before decoding
+
+
+def describe(source: ImageInput) -> str:
+    return "<PIL image>" if isinstance(source, Image.Image) else os.fsdecode(Path(source))

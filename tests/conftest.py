@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FLICKR = Path(os.environ.get("CLIPSEEK_FLICKR8K", REPO.parent / "shared" / "data" / "flickr8k"))
+
+
+@pytest.fixture(autouse=True)
+def isolated_dirs(tmp_path_factory, monkeypatch):
+    """Every test gets its own data home and model cache; nothing touches ~/.cache or ../shared."""
+    base = tmp_path_factory.mktemp("clipseek-env")
+    monkeypatch.setenv("CLIPSEEK_HOME", str(base / "home"))
+    monkeypatch.setenv("CLIPSEEK_CACHE", str(base / "cache"))
+    yield base
+
+
+@pytest.fixture(scope="session")
+def flickr() -> Path:
+    if not (FLICKR / "captions.txt").is_file():
+        pytest.skip(f"Flickr8k copy not found at {FLICKR} (set CLIPSEEK_FLICKR8K)")
+    return FLICKR
+
+
+def flickr_captions(root: Path) -> list[str]:
+    with open(root / "captions.txt", encoding="utf-8") as fh:
+        return [line.rstrip("\n").split("\t", 1)[1] for line in fh if "\t" in line]
