@@ -7,9 +7,18 @@ Tree::
     │   ├── UnknownModelError          name not in the registry
     │   ├── ModelNotAvailableError     not cached and cannot be fetched
     │   └── ExportDependencyError      torch/open_clip missing for an export
-    └── ImageError                     one input image could not be used
-        ├── ImageDecodeError           not an image, truncated, empty, unreadable
-        └── ImageTooLargeError         over the decompression-bomb pixel limit
+    ├── ImageError                     one input image could not be used
+    │   ├── ImageDecodeError           not an image, truncated, empty, unreadable
+    │   └── ImageTooLargeError         over the decompression-bomb pixel limit
+    ├── CollectionError                the collection on disk
+    │   ├── NotACollectionError        folder missing or not a collection
+    │   ├── CollectionVersionError     written by a newer clipseek
+    │   ├── CollectionLockedError      another process is writing
+    │   └── ReadOnlyError              opened read-only / folder not writable
+    └── QueryError                     a request the engine cannot run
+        ├── YqlSyntaxError             malformed YQL, with the position
+        ├── FieldError                 unknown field or rank profile
+        └── VectorError                wrong dimension, NaN/inf, not numbers
 """
 
 from __future__ import annotations
@@ -78,3 +87,51 @@ class ImageTooLargeError(ImageError):
             f"{pixels:,} pixels is over the limit of {limit:,} (a decompression bomb?); "
             "raise it with --max-pixels / CLIPSEEK_MAX_PIXELS if the file is genuine",
         )
+
+
+class CollectionError(ClipseekError):
+    pass
+
+
+class NotACollectionError(CollectionError):
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        super().__init__(f"{path} is not a clipseek collection ({reason}): create one with "
+                         "`clipseek index PHOTOS --collection DIR`, or pass the right --collection")
+
+
+class CollectionVersionError(CollectionError):
+    def __init__(self, path: Path, found: int, supported: int) -> None:
+        self.found, self.supported = found, supported
+        super().__init__(f"{path} has format version {found}, newer than this clipseek understands ({supported}): "
+                         "upgrade clipseek (pip install -U clipseek)")
+
+
+class CollectionLockedError(CollectionError):
+    def __init__(self, path: Path, holder: str) -> None:
+        self.path = path
+        super().__init__(f"{path} is being written by another process ({holder}): wait for it to finish, "
+                         "or open the collection read-only")
+
+
+class ReadOnlyError(CollectionError):
+    pass
+
+
+class QueryError(ClipseekError):
+    pass
+
+
+class YqlSyntaxError(QueryError):
+    def __init__(self, yql: str, position: int, message: str) -> None:
+        self.yql, self.position = yql, position
+        pointer = yql[max(0, position - 20): position + 20]
+        super().__init__(f"Could not parse YQL at column {position + 1}: {message} (near {pointer!r})")
+
+
+class FieldError(QueryError):
+    pass
+
+
+class VectorError(QueryError):
+    pass

@@ -1,0 +1,710 @@
+"""The embedded engine: a collection of ``image_search`` documents with one vector field per model.
+
+Vectors in, hits out; nothing here knows about image files or HTTP. Search has Vespa's semantics: a
+``nearestNeighbor`` operator matches the ``targetHits`` closest documents that pass the other conditions of its
+conjunction (filters are applied *before* choosing neighbours, so a filter never costs hits that exist), and
+relevance is ``closeness`` for the angular distance metric, ``1 / (1 + arccos(cos))``. The planner runs exact
+search for small or heavily filtered candidate sets and HNSW otherwise; ``approximate: false`` forces exact.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from . import store, yql
+from .errors import (CollectionLockedError, FieldError, NotACollectionError, QueryError, ReadOnlyError,
+                     VectorError)
+from .index import AnnIndex, HnswParams, closeness, cosines, top_k
+
+DOCUMENT_TYPE = "image_search"
+MAX_HITS = 400
+MAX_TARGET_HITS = 10_000
+MAX_OFFSET = 1000
+SUMMARY_FIELDS = ("image_file_name", "path", "size", "mtime", "content_hash", "width", "height", "format",
+                  "indexed_at")
+FILTER_COLUMNS = {"image_file_name", "path", "size", "mtime", "content_hash", "width", "height", "format",
+                  "indexed_at", "docid"}
+
+
+@dataclass
+class Document:
+    """One ``image_search`` document: summary attributes plus vectors by field name."""
+
+    docid: str
+    image_file_name: str | None = None
+    path: str | None = None
+    size: int | None = None
+    mtime: float | None = None
+    content_hash: str | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    indexed_at: float | None = None
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def attributes(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in SUMMARY_FIELDS if getattr(self, k) is not None}
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    name: str
+    model: str
+    dim: int
+
+
+@dataclass
+class Hit:
+    docid: str
+    relevance: float
+    fields: dict[str, Any]
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    total_count: int
+    documents: int
+    plan: str
+    elapsed_s: float
+
+
+@dataclass
+class Filter:
+    """Attribute conditions for the Python API (YQL expresses the same with predicates)."""
+
+    folder: str | None = None
+    formats: Sequence[str] | None = None
+    min_width: int | None = None
+    max_width: int | None = None
+    min_height: int | None = None
+    max_height: int | None = None
+    mtime_from: float | None = None
+    mtime_to: float | None = None
+
+    def predicates(self) -> list[yql.Node]:
+        out: list[yql.Node] = []
+        if self.folder:
+            prefix = self.folder.rstrip("/") + "/"
+            out.append(yql.Predicate("path", "prefix", prefix))
+        if self.formats:
+            out.append(yql.Or(tuple(yql.Predicate("format", "contains", f.upper()) for f in self.formats)))
+        for col, op, value in (("width", ">=", self.min_width), ("width", "<=", self.max_width),
+                               ("height", ">=", self.min_height), ("height", "<=", self.max_height),
+                               ("mtime", ">=", self.mtime_from), ("mtime", "<=", self.mtime_to)):
+            if value is not None:
+                out.append(yql.Predicate(col, op, value))
+        return out
+
+
+class _Field:
+    """In-memory state of one vector field: slot ↔ document maps, norms, the lazily built HNSW graph."""
+
+    def __init__(self, folder: Path, info: FieldInfo, next_slot: int) -> None:
+        self.info = info
+        self.vectors = store.VectorFile(folder / "vectors" / f"{info.name}.f32", info.dim, next_slot)
+        self.doc_of_slot = np.full(next_slot, -1, dtype=np.int64)
+        self.slot_of_doc: dict[int, int] = {}
+        self.norms = np.zeros(0, dtype=np.float32)
+        self.ann: AnnIndex | None = None
+
+    @property
+    def next_slot(self) -> int:
+        return self.vectors.rows
+
+    def extend_norms(self) -> None:
+        rows = self.vectors.array()
+        if len(self.norms) < len(rows):
+            fresh = np.linalg.norm(rows[len(self.norms):], axis=1).astype(np.float32)
+            self.norms = np.concatenate([self.norms, fresh])
+
+    def live_slots(self) -> np.ndarray:
+        return np.flatnonzero(self.doc_of_slot >= 0)
+
+
+class Collection:
+    """A folder holding documents and their vectors. Open with :meth:`open` or :meth:`create`.
+
+    One process writes at a time (a lock file); any number read. Searches may run in threads while another
+    thread feeds; each write is visible to the next search.
+    """
+
+    def __init__(self, path: Path, db: sqlite3.Connection, *, readonly: bool, lock_fd: int | None,
+                 exact_threshold: int) -> None:
+        self.path = path
+        self.readonly = readonly
+        self.exact_threshold = exact_threshold
+        self._db = db
+        self._lock_fd = lock_fd
+        self._write_lock = threading.RLock()
+        self._local = threading.local()
+        self.namespace = store.get_meta(db, "namespace", "default") or "default"
+        hnsw = json.loads(store.get_meta(db, "hnsw", "{}") or "{}")
+        self.hnsw = HnswParams(**hnsw)
+        self._fields: dict[str, _Field] = {}
+        self._data_version = -1
+        self._load_fields()
+
+    # ---- opening -------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], *, namespace: str = "default", hnsw: HnswParams | None = None,
+               exact_threshold: int = 4096) -> Collection:
+        """Create a collection (or open an existing one, keeping its settings)."""
+        return cls.open(path, create=True, namespace=namespace, hnsw=hnsw, exact_threshold=exact_threshold)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, readonly: bool = False, create: bool = False,
+             namespace: str = "default", hnsw: HnswParams | None = None, exact_threshold: int = 4096) -> Collection:
+        folder = Path(path)
+        if folder.exists() and not folder.is_dir():
+            raise NotACollectionError(folder, "it is a file")
+        lock_fd = None
+        if not readonly:
+            if create:
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise ReadOnlyError(f"cannot create {folder} ({exc.strerror}): choose a writable folder") from exc
+            elif not (folder / store.DB_FILE).is_file():
+                raise NotACollectionError(folder, "folder does not exist" if not folder.exists()
+                                          else f"no {store.DB_FILE} in it")
+            lock_fd = _lock(folder)
+        try:
+            db = store.connect(folder, create=create and not readonly, readonly=readonly)
+            if not readonly and store.get_meta(db, "namespace") is None:
+                params = hnsw or HnswParams()
+                db.execute("BEGIN IMMEDIATE")
+                store.set_meta(db, "namespace", namespace)
+                store.set_meta(db, "hnsw", {"max_links_per_node": params.max_links_per_node,
+                                            "neighbors_to_explore_at_insert": params.neighbors_to_explore_at_insert})
+                store.set_meta(db, "document_type", DOCUMENT_TYPE)
+                db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise ReadOnlyError(f"cannot write to {folder} ({exc}): check its permissions, "
+                                "or open the collection read-only") from exc
+        except BaseException:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise
+        return cls(folder, db, readonly=readonly, lock_fd=lock_fd, exact_threshold=exact_threshold)
+
+    def close(self) -> None:
+        """Snapshot HNSW graphs (so the next open needs no rebuild) and release the write lock."""
+        if not self.readonly:
+            self.checkpoint()
+        self._db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def checkpoint(self) -> None:
+        with self._write_lock:
+            for f in self._fields.values():
+                if f.ann is not None:
+                    f.ann.save(self.path / "ann", f.info.name, f.next_slot)
+
+    # ---- fields ----------------------------------------------------------------------------------------
+    @property
+    def fields(self) -> dict[str, FieldInfo]:
+        self._refresh()
+        return {name: f.info for name, f in self._fields.items()}
+
+    def add_field(self, name: str, model: str, dim: int) -> FieldInfo:
+        """Register a vector field (idempotent); an existing field with another model or dim is an error."""
+        self._need_write()
+        if not name.replace("_", "").isalnum():
+            raise FieldError(f"field name {name!r} must be letters, digits and underscores")
+        with self._write_lock:
+            existing = self._fields.get(name)
+            if existing is not None:
+                if existing.info.model != model or existing.info.dim != dim:
+                    raise FieldError(
+                        f"field {name} holds {existing.info.dim}-dim vectors of model {existing.info.model}, not "
+                        f"{dim}-dim vectors of {model}: use the field's own model, or another field name")
+                return existing.info
+            self._db.execute("INSERT INTO vector_fields(name, model, dim, next_slot, created_at) VALUES (?,?,?,0,?)",
+                             (name, model, dim, store.now()))
+            info = FieldInfo(name, model, dim)
+            self._fields[name] = _Field(self.path, info, 0)
+            return info
+
+    def _field(self, name: str) -> _Field:
+        f = self._fields.get(name)
+        if f is None:
+            valid = ", ".join(sorted(self._fields)) or "none yet"
+            raise FieldError(f"unknown vector field {name!r}; this collection has: {valid}")
+        return f
+
+    # ---- loading and refreshing ---------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        """The writer's connection for writers; a per-thread read connection for searches."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(f"file:{self.path / store.DB_FILE}?mode=ro", uri=True, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+        return conn
+
+    def _load_fields(self) -> None:
+        db = self._db
+        self._data_version = db.execute("PRAGMA data_version").fetchone()[0]
+        fields = {}
+        for row in db.execute("SELECT name, model, dim, next_slot FROM vector_fields"):
+            f = _Field(self.path, FieldInfo(row["name"], row["model"], row["dim"]), row["next_slot"])
+            slots = np.fromiter((0,), dtype=np.int64, count=0)
+            pairs = db.execute("SELECT doc, slot FROM vectors WHERE field=?", (f.info.name,)).fetchall()
+            if pairs:
+                arr = np.asarray(pairs, dtype=np.int64)
+                f.doc_of_slot[arr[:, 1]] = arr[:, 0]
+                f.slot_of_doc = dict(zip(arr[:, 0].tolist(), arr[:, 1].tolist()))
+            del slots
+            f.extend_norms()
+            old = self._fields.get(f.info.name)
+            if old is not None and old.ann is not None:
+                f.ann = old.ann
+                self._catch_up_ann(f, covered=len(old.doc_of_slot), previous=old.doc_of_slot)
+            else:
+                loaded = AnnIndex.load(self.path / "ann", f.info.name, f.info.dim, self.hnsw)
+                if loaded is not None and loaded[1] <= f.next_slot:
+                    f.ann = loaded[0]
+                    self._catch_up_ann(f, covered=loaded[1], previous=None)
+            fields[f.info.name] = f
+        self._fields = fields
+
+    def _catch_up_ann(self, f: _Field, covered: int, previous: np.ndarray | None) -> None:
+        """Bring a graph that covered slots < ``covered`` up to date: drop dead slots, add new live ones."""
+        assert f.ann is not None
+        head = f.doc_of_slot[:covered]
+        dead = np.flatnonzero(head < 0) if previous is None else np.flatnonzero((head < 0) & (previous[:covered] >= 0))
+        if previous is None:
+            dead = dead[[int(s) in f.ann._index for s in dead]] if len(dead) else dead
+        f.ann.remove(dead)
+        fresh = np.flatnonzero(f.doc_of_slot[covered:] >= 0) + covered
+        if len(fresh):
+            f.ann.add(fresh, f.vectors.array()[fresh])
+
+    def _refresh(self) -> None:
+        """A reader sees other processes' commits: reload when SQLite's data_version moved."""
+        if not self.readonly:
+            return
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            with self._write_lock:
+                self._load_fields()
+
+    # ---- writing ---------------------------------------------------------------------------------------
+    def _need_write(self) -> None:
+        if self.readonly:
+            raise ReadOnlyError(f"{self.path} is open read-only: open it without readonly=True to change it")
+
+    def _check_vector(self, fname: str, vec: Any, docid: str) -> np.ndarray:
+        f = self._field(fname)
+        try:
+            arr = np.asarray(vec, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise VectorError(f"document {docid!r}: field {fname} must be a list of numbers ({exc})") from exc
+        if arr.ndim != 1 or arr.shape[0] != f.info.dim:
+            raise VectorError(f"document {docid!r}: field {fname} takes {f.info.dim} values "
+                              f"(model {f.info.model}), got {arr.shape[0] if arr.ndim == 1 else arr.shape}")
+        if not np.isfinite(arr).all():
+            raise VectorError(f"document {docid!r}: field {fname} contains NaN or infinity")
+        return arr
+
+    def feed(self, documents: Iterable[Document]) -> int:
+        """Put documents (replacing any with the same id), all in one atomic batch. Returns the count."""
+        return self._write(list(documents), replace=True)
+
+    def put(self, document: Document) -> None:
+        self._write([document], replace=True)
+
+    def update(self, docid: str, *, attributes: Mapping[str, Any] | None = None,
+               vectors: Mapping[str, Any] | None = None, create: bool = False) -> bool:
+        """Assign some attributes/vectors of one document; False when it does not exist (and not ``create``)."""
+        with self._write_lock:
+            current = self.get(docid)
+            if current is None and not create:
+                return False
+            doc = current or Document(docid)
+            for key, value in (attributes or {}).items():
+                if key in SUMMARY_FIELDS:
+                    setattr(doc, key, value)
+                else:
+                    doc.extra[key] = value
+            merged = dict(doc.vectors)
+            merged.update(vectors or {})
+            doc.vectors = merged
+            self._write([doc], replace=True, unchanged=set(current.vectors) - set(vectors or {}) if current else set())
+            return True
+
+    def _write(self, docs: list[Document], *, replace: bool, unchanged: set[str] = frozenset()) -> int:  # type: ignore[assignment]
+        self._need_write()
+        with self._write_lock:
+            checked: list[dict[str, np.ndarray]] = []
+            for d in docs:
+                if not isinstance(d.docid, str) or not d.docid:
+                    raise QueryError("every document needs a non-empty string id")
+                checked.append({k: self._check_vector(k, v, d.docid) for k, v in d.vectors.items() if k not in unchanged})
+            # 1. vectors to fresh slots past next_slot (durable, but unreferenced until the commit)
+            planned: dict[str, list[tuple[int, int, np.ndarray]]] = {}
+            for i, vecs in enumerate(checked):
+                for fname, vec in vecs.items():
+                    planned.setdefault(fname, []).append((i, 0, vec))
+            new_slots: dict[str, np.ndarray] = {}
+            for fname, items in planned.items():
+                f = self._fields[fname]
+                first = f.next_slot
+                f.vectors.write(first, np.stack([v for _, _, v in items]))
+                new_slots[fname] = np.arange(first, first + len(items), dtype=np.int64)
+            # 2. one transaction pointing documents at them
+            db = self._db
+            doc_ids: list[int] = []
+            removed: dict[str, list[int]] = {}
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for d in docs:
+                    row = db.execute(
+                        f"INSERT INTO documents(docid, {', '.join(SUMMARY_FIELDS)}, extra) "
+                        f"VALUES (?, {', '.join('?' for _ in SUMMARY_FIELDS)}, ?) "
+                        f"ON CONFLICT(docid) DO UPDATE SET "
+                        f"{', '.join(f'{c}=excluded.{c}' for c in SUMMARY_FIELDS)}, extra=excluded.extra "
+                        "RETURNING id",
+                        (d.docid, *[getattr(d, c) for c in SUMMARY_FIELDS], json.dumps(d.extra) if d.extra else None),
+                    ).fetchone()
+                    doc_ids.append(int(row[0]))
+                for i, (d, vecs) in enumerate(zip(docs, checked)):
+                    keep = set(vecs) | (set(unchanged) if unchanged else set())
+                    for old in db.execute("SELECT field, slot FROM vectors WHERE doc=?", (doc_ids[i],)).fetchall():
+                        if old["field"] in vecs or (replace and old["field"] not in keep):
+                            removed.setdefault(old["field"], []).append(int(old["slot"]))
+                            if old["field"] not in vecs:
+                                db.execute("DELETE FROM vectors WHERE doc=? AND field=?", (doc_ids[i], old["field"]))
+                for fname, items in planned.items():
+                    for (i, _, _), slot in zip(items, new_slots[fname]):
+                        db.execute("INSERT INTO vectors(doc, field, slot) VALUES (?,?,?) ON CONFLICT(doc, field) "
+                                   "DO UPDATE SET slot=excluded.slot", (doc_ids[i], fname, int(slot)))
+                    db.execute("UPDATE vector_fields SET next_slot=? WHERE name=?",
+                               (int(new_slots[fname][-1]) + 1, fname))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            # 3. in-memory state and graphs follow the commit
+            for fname, slots in removed.items():
+                f = self._fields[fname]
+                dead = np.asarray(slots, dtype=np.int64)
+                for s in dead.tolist():
+                    d_id = int(f.doc_of_slot[s])
+                    if f.slot_of_doc.get(d_id) == s:
+                        del f.slot_of_doc[d_id]
+                f.doc_of_slot[dead] = -1
+                if f.ann is not None:
+                    f.ann.remove(dead)
+            for fname, items in planned.items():
+                f = self._fields[fname]
+                slots = new_slots[fname]
+                owners = np.asarray([doc_ids[i] for i, _, _ in items], dtype=np.int64)
+                fresh = np.stack([v for _, _, v in items])
+                # publish in an order where a concurrent search never sees a slot without its vector/norm
+                f.norms = np.concatenate([f.norms[: slots[0]], np.linalg.norm(fresh, axis=1).astype(np.float32)])
+                f.vectors.commit(int(slots[-1]) + 1)
+                doc_of_slot = np.concatenate([f.doc_of_slot, np.full(len(slots), -1, np.int64)])
+                doc_of_slot[slots] = owners
+                f.doc_of_slot = doc_of_slot
+                f.slot_of_doc.update(zip(owners.tolist(), slots.tolist()))
+                if f.ann is not None:
+                    f.ann.add(slots, fresh)
+            return len(docs)
+
+    def remove(self, docid: str) -> bool:
+        """Remove one document; True if it existed. It is gone from the next search."""
+        self._need_write()
+        with self._write_lock:
+            db = self._db
+            row = db.execute("SELECT id FROM documents WHERE docid=?", (docid,)).fetchone()
+            if row is None:
+                return False
+            doc = int(row[0])
+            slots = db.execute("SELECT field, slot FROM vectors WHERE doc=?", (doc,)).fetchall()
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM vectors WHERE doc=?", (doc,))
+            db.execute("DELETE FROM documents WHERE id=?", (doc,))
+            db.execute("COMMIT")
+            for r in slots:
+                f = self._fields[r["field"]]
+                f.doc_of_slot[int(r["slot"])] = -1
+                f.slot_of_doc.pop(doc, None)
+                if f.ann is not None:
+                    f.ann.remove(np.asarray([int(r["slot"])]))
+            return True
+
+    # ---- reading ---------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self._conn().execute("SELECT count(*) FROM documents").fetchone()[0])
+
+    def get(self, docid: str, *, with_vectors: bool = True) -> Document | None:
+        self._refresh()
+        conn = self._db if not self.readonly else self._conn()
+        row = conn.execute("SELECT * FROM documents WHERE docid=?", (docid,)).fetchone()
+        return None if row is None else self._document(row, with_vectors)
+
+    def _document(self, row: sqlite3.Row, with_vectors: bool) -> Document:
+        doc = Document(row["docid"], **{c: row[c] for c in SUMMARY_FIELDS})
+        if row["extra"]:
+            doc.extra = json.loads(row["extra"])
+        if with_vectors:
+            for fname, f in self._fields.items():
+                slot = f.slot_of_doc.get(int(row["id"]))
+                if slot is not None:
+                    doc.vectors[fname] = np.array(f.vectors.array()[slot])
+        return doc
+
+    def visit(self, *, continuation: int = 0, count: int = 100, with_vectors: bool = True
+              ) -> tuple[list[Document], int | None]:
+        """Documents in id order after ``continuation``; the next continuation, or None at the end."""
+        self._refresh()
+        rows = self._conn().execute("SELECT * FROM documents WHERE id > ? ORDER BY id LIMIT ?",
+                                    (continuation, count + 1)).fetchall()
+        more = len(rows) > count
+        rows = rows[:count]
+        return [self._document(r, with_vectors) for r in rows], (int(rows[-1]["id"]) if more else None)
+
+    def iter_documents(self, with_vectors: bool = True) -> Iterator[Document]:
+        cont: int | None = 0
+        while cont is not None:
+            docs, cont = self.visit(continuation=cont, count=500, with_vectors=with_vectors)
+            yield from docs
+
+    # ---- searching -------------------------------------------------------------------------------------
+    def search(self, vector: Any = None, *, field: str | None = None, yql_query: str | None = None,
+               query_tensors: Mapping[str, Any] | None = None, hits: int = 10, offset: int = 0,
+               target_hits: int | None = None, approximate: bool | None = None, explore_additional_hits: int = 0,
+               filter: Filter | None = None, rank_field: str | None = None, model: str | None = None
+               ) -> SearchResult:
+        """Nearest neighbours of ``vector`` on ``field``, or run a YQL statement with named query tensors.
+
+        Relevance is Vespa's ``closeness(field)`` for the angular metric: ``1 / (1 + arccos(cos(q, a)))``.
+        ``target_hits`` defaults to ``hits + offset``; ``hits`` is capped at 400, ``target_hits`` at 10,000.
+        """
+        started = time.perf_counter()
+        self._refresh()
+        tensors = dict(query_tensors or {})
+        if yql_query is not None:
+            select = yql.parse(yql_query)
+            where = select.where
+            if select.limit is not None:
+                hits = max(0, select.limit - (select.offset or 0))
+            if select.offset is not None:
+                offset = select.offset
+        else:
+            if vector is None or field is None:
+                raise QueryError("search needs a vector and a field, or a YQL statement")
+            target = target_hits if target_hits is not None else hits + offset
+            where = yql.NearestNeighbor(field, "q", target, approximate, explore_additional_hits)
+            tensors["q"] = vector
+            if model is not None:
+                info = self._field(field).info
+                if info.model != model:
+                    raise VectorError(f"field {field} holds vectors of model {info.model}, but the query was "
+                                      f"encoded with {model}: encode it with {info.model}")
+        if filter is not None:
+            where = yql.And((where, *filter.predicates()))
+        hits, offset = _cap(hits, "hits", MAX_HITS), _cap(offset, "offset", MAX_OFFSET)
+        plans: list[str] = []
+        matched, scores = self._evaluate(where, None, tensors, plans)
+        if matched is None:
+            matched = set(int(r[0]) for r in self._conn().execute("SELECT id FROM documents"))
+        relevance = {d: 0.0 for d in matched}
+        for label, per_doc in scores.items():
+            if rank_field is None or label == rank_field:
+                for d, value in per_doc.items():
+                    if d in relevance:
+                        relevance[d] = max(relevance[d], value)
+        ordered = sorted(relevance.items(), key=lambda kv: (-kv[1], kv[0]))
+        page = ordered[offset: offset + hits]
+        docs = self._summaries([d for d, _ in page])
+        result_hits = [Hit(docs[d]["docid"], float(rel), docs[d]["fields"]) for d, rel in page if d in docs]
+        total_docs = len(self)
+        return SearchResult(result_hits, len(ordered), total_docs, "+".join(plans) or "filter",
+                            time.perf_counter() - started)
+
+    def _summaries(self, doc_ids: list[int]) -> dict[int, dict[str, Any]]:
+        if not doc_ids:
+            return {}
+        marks = ",".join("?" for _ in doc_ids)
+        rows = self._conn().execute(f"SELECT * FROM documents WHERE id IN ({marks})", doc_ids).fetchall()
+        out = {}
+        for r in rows:
+            fields = {c: r[c] for c in SUMMARY_FIELDS if r[c] is not None}
+            out[int(r["id"])] = {"docid": r["docid"], "fields": fields}
+        return out
+
+    def _evaluate(self, node: yql.Node, allowed: set[int] | None, tensors: Mapping[str, Any], plans: list[str]
+                  ) -> tuple[set[int] | None, dict[str, dict[int, float]]]:
+        """(matching doc ids or None for all, closeness per field/label per doc) for a where-tree."""
+        if isinstance(node, yql.Bool):
+            return (allowed if node.value else set()), {}
+        if isinstance(node, yql.Predicate):
+            docs = self._predicate(node)
+            return (docs if allowed is None else docs & allowed), {}
+        if isinstance(node, yql.NearestNeighbor):
+            found = self._nearest(node, allowed, tensors, plans)
+            return set(found), {node.label or node.field: found}
+        if isinstance(node, yql.And):
+            plain = [c for c in node.children if not isinstance(c, yql.NearestNeighbor)]
+            nns = [c for c in node.children if isinstance(c, yql.NearestNeighbor)]
+            current, scores = allowed, {}
+            for child in plain:
+                current, s = self._evaluate(child, current, tensors, plans)
+                scores.update(s)
+            for child in nns:
+                found, s = self._evaluate(child, current, tensors, plans)
+                current = found
+                scores.update(s)
+            return current, scores
+        assert isinstance(node, yql.Or)
+        union: set[int] = set()
+        all_docs = False
+        merged: dict[str, dict[int, float]] = {}
+        for child in node.children:
+            docs, s = self._evaluate(child, allowed, tensors, plans)
+            if docs is None:
+                all_docs = True
+            else:
+                union |= docs
+            for label, per_doc in s.items():
+                merged.setdefault(label, {}).update(per_doc)
+        return (allowed if all_docs else union), merged
+
+    def _predicate(self, p: yql.Predicate) -> set[int]:
+        column = "docid" if p.field in ("documentid",) else p.field
+        if column not in FILTER_COLUMNS:
+            raise FieldError(f"cannot filter on {p.field!r}; attributes are: {', '.join(sorted(FILTER_COLUMNS))}")
+        if p.op == "prefix":
+            sql, args = f"substr({column}, 1, ?) = ?", [len(str(p.value)), str(p.value)]
+        elif p.op == "contains":
+            sql, args = f"{column} = ? COLLATE NOCASE", [p.value]
+        else:
+            if column in ("size", "mtime", "width", "height", "indexed_at") and not isinstance(p.value, (int, float)):
+                raise QueryError(f"{p.field} {p.op} needs a number, got {p.value!r}")
+            sql, args = f"{column} {p.op} ?", [p.value]
+        return set(int(r[0]) for r in self._conn().execute(f"SELECT id FROM documents WHERE {sql}", args))
+
+    def query_vector(self, field_name: str, value: Any) -> np.ndarray:
+        f = self._field(field_name)
+        try:
+            arr = np.asarray(value, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise VectorError(f"query tensor for {field_name} must be a list of numbers ({exc})") from exc
+        if arr.shape[0] != f.info.dim:
+            raise VectorError(f"query tensor has {arr.shape[0]} values but field {field_name} holds "
+                              f"{f.info.dim}-dim vectors of model {f.info.model}")
+        if not np.isfinite(arr).all():
+            raise VectorError("query tensor contains NaN or infinity")
+        return arr
+
+    def _nearest(self, nn: yql.NearestNeighbor, allowed: set[int] | None, tensors: Mapping[str, Any],
+                 plans: list[str]) -> dict[int, float]:
+        f = self._field(nn.field)
+        if nn.tensor not in tensors:
+            raise QueryError(f"nearestNeighbor({nn.field}, {nn.tensor}) needs the query tensor "
+                             f"input.query({nn.tensor}), which the request does not give")
+        q = self.query_vector(nn.field, tensors[nn.tensor])
+        k = _cap(nn.target_hits or 10, "targetHits", MAX_TARGET_HITS)
+        doc_of_slot = f.doc_of_slot  # one consistent snapshot for this search
+        if allowed is None:
+            n_candidates = len(f.slot_of_doc)
+        else:
+            n_candidates = sum(1 for d in allowed if d in f.slot_of_doc)
+        exact = nn.approximate is False or n_candidates <= max(self.exact_threshold, k)
+        if exact:
+            plans.append("exact")
+            if allowed is None:
+                slots = np.flatnonzero(doc_of_slot >= 0)
+            else:
+                slots = np.fromiter((s for s in (f.slot_of_doc.get(d) for d in allowed)
+                                     if s is not None and s < len(doc_of_slot)), dtype=np.int64)
+        else:
+            plans.append("hnsw")
+            slots = self._ann_candidates(f, q, k, nn.explore_additional_hits, allowed, n_candidates)
+        if len(slots) == 0:
+            return {}
+        cos = cosines(f.vectors.array()[slots], f.norms[slots], q)
+        best = top_k(cos, k)
+        rel = closeness(cos[best])
+        out: dict[int, float] = {}
+        for slot, value, c in zip(slots[best].tolist(), rel.tolist(), cos[best].tolist()):
+            if nn.distance_threshold is not None and math.acos(max(-1.0, min(1.0, c))) > nn.distance_threshold:
+                continue
+            out[int(doc_of_slot[slot])] = value
+        return out
+
+    def _ann_candidates(self, f: _Field, q: np.ndarray, k: int, explore: int, allowed: set[int] | None,
+                        n_candidates: int) -> np.ndarray:
+        with self._write_lock:  # built under the write lock so no concurrent feed is missed
+            if f.ann is None:
+                ann = AnnIndex(f.info.dim, self.hnsw)
+                live = f.live_slots()
+                ann.add(live, f.vectors.array()[live])
+                f.ann = ann
+        ann = f.ann
+        total = max(len(f.slot_of_doc), 1)
+        want = k if allowed is None else int(k * total / max(n_candidates, 1) * 1.5) + k
+        while True:
+            keys = ann.search(q, min(want, len(ann)), ef=max(k + explore, want))
+            keys = keys[(keys >= 0) & (keys < len(f.doc_of_slot))]
+            keys = keys[f.doc_of_slot[keys] >= 0]
+            if allowed is not None:
+                keys = keys[np.fromiter((int(d) in allowed for d in f.doc_of_slot[keys]), dtype=bool,
+                                        count=len(keys))]
+            if len(keys) >= min(k, n_candidates) or want >= len(ann):
+                return keys
+            want *= 4
+
+
+def _cap(value: int, name: str, limit: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise QueryError(f"{name} must be a whole number, got {value!r}")
+    if value < 0 or (value == 0 and name == "targetHits"):
+        raise QueryError(f"{name} must be {'positive' if name == 'targetHits' else '>= 0'}, got {value}")
+    return min(value, limit)
+
+
+def _lock(folder: Path) -> int:
+    path = folder / "write.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ReadOnlyError(f"cannot write to {folder} ({exc.strerror}): check its permissions, "
+                            "or open the collection read-only") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = ""
+        try:
+            holder = os.read(fd, 100).decode(errors="replace").strip()
+        finally:
+            os.close(fd)
+        raise CollectionLockedError(folder, holder or "unknown process") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()}".encode())
+    return fd

@@ -1,0 +1,153 @@
+"""The collection's SQLite file and vector files: a versioned, crash-safe layout.
+
+Layout of a collection folder::
+
+    collection.sqlite         documents, vector-field registry, (doc, field) → slot, meta  (WAL mode)
+    vectors/<field>.f32       float32 rows, append-only; row = slot
+    ann/<field>.<n>.usearch   HNSW snapshot covering slots < n (rebuilt or caught up on open)
+
+A feed writes new vector rows first (fsync), then commits one SQLite transaction that points documents at
+them. A crash before the commit leaves only unreferenced rows past ``next_slot``, which the next write
+overwrites: the collection always opens and agrees with itself, losing at most the unacknowledged batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import CollectionVersionError, NotACollectionError
+
+DB_FILE = "collection.sqlite"
+FORMAT_VERSION = 1
+
+DOC_COLUMNS = ("image_file_name", "path", "size", "mtime", "content_hash", "width", "height", "format", "indexed_at")
+
+
+def _run(db: sqlite3.Connection, script: str) -> None:
+    """Run statements one by one (``executescript`` would commit the migration's transaction early)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _migration_1(db: sqlite3.Connection) -> None:
+    _run(
+        db,
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE documents (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            docid TEXT NOT NULL UNIQUE,
+            image_file_name TEXT, path TEXT, size INTEGER, mtime REAL, content_hash TEXT,
+            width INTEGER, height INTEGER, format TEXT, indexed_at REAL,
+            extra TEXT
+        );
+        CREATE INDEX documents_path ON documents(path);
+        CREATE INDEX documents_hash ON documents(content_hash);
+        CREATE TABLE vector_fields (
+            name TEXT PRIMARY KEY, model TEXT NOT NULL, dim INTEGER NOT NULL,
+            next_slot INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL
+        );
+        CREATE TABLE vectors (
+            doc INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+            field TEXT NOT NULL REFERENCES vector_fields(name),
+            slot INTEGER NOT NULL,
+            PRIMARY KEY (doc, field)
+        );
+        """
+    )
+
+
+#: Numbered migrations: MIGRATIONS[i] takes a database from version i to i + 1.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1]
+assert len(MIGRATIONS) == FORMAT_VERSION
+
+
+def connect(folder: Path, *, create: bool, readonly: bool = False) -> sqlite3.Connection:
+    """Open (or create) the collection database, migrating it to this code's format version."""
+    path = folder / DB_FILE
+    if not path.is_file():
+        if not create:
+            reason = "folder does not exist" if not folder.exists() else f"no {DB_FILE} in it"
+            raise NotACollectionError(folder, reason)
+        folder.mkdir(parents=True, exist_ok=True)
+    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+    db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=30)
+    db.row_factory = sqlite3.Row
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise NotACollectionError(folder, f"{DB_FILE} is not a SQLite database: {exc}") from exc
+    if version > FORMAT_VERSION:
+        db.close()
+        raise CollectionVersionError(folder, version, FORMAT_VERSION)
+    if not readonly:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        for target in range(version, FORMAT_VERSION):
+            db.execute("BEGIN IMMEDIATE")
+            MIGRATIONS[target](db)
+            db.execute(f"PRAGMA user_version={target + 1}")
+            db.execute("COMMIT")
+    elif version < FORMAT_VERSION:
+        db.close()
+        raise NotACollectionError(folder, f"format {version} needs a migration: open it once for writing")
+    return db
+
+
+def get_meta(db: sqlite3.Connection, key: str, default: str | None = None) -> str | None:
+    row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+    return row[0] if row else default
+
+
+def set_meta(db: sqlite3.Connection, key: str, value: object) -> None:
+    text = value if isinstance(value, str) else json.dumps(value)
+    db.execute("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+               (key, text))
+
+
+class VectorFile:
+    """Append-only float32 rows on disk, read through a memory map; ``rows`` is the committed count."""
+
+    def __init__(self, path: Path, dim: int, rows: int) -> None:
+        self.path, self.dim, self.rows = path, dim, rows
+        self._map: np.ndarray | None = None
+
+    @property
+    def row_bytes(self) -> int:
+        return self.dim * 4
+
+    def write(self, first_slot: int, vectors: np.ndarray) -> None:
+        """Write rows starting at ``first_slot`` and fsync; they count only once the caller commits."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = np.ascontiguousarray(vectors, dtype="<f4")
+        with open(self.path, "r+b" if self.path.exists() else "w+b") as fh:
+            fh.seek(first_slot * self.row_bytes)
+            fh.write(data.tobytes())
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def commit(self, rows: int) -> None:
+        self.rows = rows
+
+    def array(self) -> np.ndarray:
+        """A read-only ``[rows, dim]`` view of the committed rows (re-mapped when the file grew)."""
+        if self.rows == 0:
+            return np.zeros((0, self.dim), np.float32)
+        if self._map is None or len(self._map) < self.rows:
+            size = self.path.stat().st_size // self.row_bytes
+            self._map = np.memmap(self.path, dtype="<f4", mode="r", shape=(size, self.dim))
+        return self._map[: self.rows]
+
+
+def now() -> float:
+    return time.time()

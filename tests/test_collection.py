@@ -1,0 +1,271 @@
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import pytest
+
+from clipseek.collection import Collection, Document, Filter
+from clipseek.errors import (CollectionLockedError, CollectionVersionError, FieldError, NotACollectionError,
+                             QueryError, ReadOnlyError, VectorError, YqlSyntaxError)
+
+DIM = 16
+
+
+def unit(v):
+    v = np.asarray(v, dtype=np.float64)
+    return v / np.linalg.norm(v)
+
+
+@pytest.fixture
+def coll(tmp_path):
+    c = Collection.create(tmp_path / "c")
+    c.add_field("tiny_image", "tiny", DIM)
+    yield c
+    c.close()
+
+
+def make_docs(n, seed=0, dim=DIM):
+    rng = np.random.RandomState(seed)
+    return [Document(f"d{i}", image_file_name=f"{i}.jpg", path=f"/photos/{'cats' if i % 3 == 0 else 'dogs'}/{i}.jpg",
+                     format="PNG" if i % 2 else "JPEG", width=100 + i, height=50 + i, mtime=1000.0 + i,
+                     vectors={"tiny_image": rng.randn(dim).astype(np.float32)}) for i in range(n)]
+
+
+def brute(docs, q, k, keep=lambda d: True):
+    scored = []
+    for d in docs:
+        if keep(d):
+            v = d.vectors["tiny_image"]
+            cos = float(np.dot(v, q) / np.linalg.norm(v) / np.linalg.norm(q))
+            scored.append((1 / (1 + math.acos(max(-1, min(1, cos)))), d.docid))
+    scored.sort(key=lambda t: (-t[0], int(t[1][1:])))
+    return [d for _, d in scored[:k]]
+
+
+def test_closeness_is_vespa_angular_hand_computed(coll):
+    # q at 60° from a, 90° from b: closeness = 1/(1+π/3) and 1/(1+π/2)
+    q = np.zeros(DIM); q[0] = 1
+    a = np.zeros(DIM); a[0], a[1] = 0.5 * 3, math.sqrt(3) / 2 * 3  # not normalised: angular ignores length
+    b = np.zeros(DIM); b[2] = 1
+    coll.feed([Document("a", vectors={"tiny_image": a}), Document("b", vectors={"tiny_image": b})])
+    res = coll.search(q, field="tiny_image", hits=5)
+    assert [h.docid for h in res.hits] == ["a", "b"]
+    assert res.hits[0].relevance == pytest.approx(1 / (1 + math.pi / 3), abs=1e-6)
+    assert res.hits[1].relevance == pytest.approx(1 / (1 + math.pi / 2), abs=1e-6)
+
+
+def test_exact_and_hnsw_agree_with_brute_force(coll):
+    docs = make_docs(600)
+    coll.feed(docs)
+    rng = np.random.RandomState(7)
+    for _ in range(5):
+        q = rng.randn(DIM)
+        expected = brute(docs, q, 10)
+        exact = coll.search(q, field="tiny_image", hits=10, approximate=False)
+        assert exact.plan == "exact" and [h.docid for h in exact.hits] == expected
+        coll.exact_threshold = 0
+        ann = coll.search(q, field="tiny_image", hits=10, target_hits=50)
+        coll.exact_threshold = 4096
+        assert ann.plan == "hnsw"
+        assert len(set(h.docid for h in ann.hits) & set(expected)) >= 9
+
+
+def test_hits_offset_and_target_hits(coll):
+    docs = make_docs(40)
+    coll.feed(docs)
+    q = np.ones(DIM)
+    full = brute(docs, q, 40)
+    page = coll.search(q, field="tiny_image", hits=5, offset=5, target_hits=20)
+    assert [h.docid for h in page.hits] == full[5:10] and page.total_count == 20 and page.documents == 40
+    few = coll.search(q, field="tiny_image", hits=10, target_hits=3)
+    assert [h.docid for h in few.hits] == full[:3]
+
+
+@pytest.mark.parametrize("threshold", [4096, 0])
+def test_filters_never_lose_hits(coll, threshold):
+    docs = make_docs(900)
+    coll.feed(docs)
+    coll.exact_threshold = threshold
+    q = np.random.RandomState(3).randn(DIM)
+    flt = Filter(folder="/photos/cats", formats=["png"], min_width=300)
+    keep = lambda d: d.path.startswith("/photos/cats/") and d.format == "PNG" and d.width >= 300
+    expected = brute(docs, q, 10, keep)
+    res = coll.search(q, field="tiny_image", hits=10, filter=flt)
+    assert len(res.hits) == 10
+    assert [h.docid for h in res.hits] == expected or len(set(h.docid for h in res.hits) & set(expected)) >= 9
+    assert all(keep(docs[int(h.docid[1:])]) for h in res.hits)
+
+
+def test_yql_nearest_neighbor_with_predicates(coll):
+    docs = make_docs(60)
+    coll.feed(docs)
+    q = np.random.RandomState(1).randn(DIM)
+    yql = ('select * from sources * where ({targetHits:5, approximate:false}nearestNeighbor(tiny_image, q)) '
+           'and format contains "png" and height < 100;')
+    res = coll.search(yql_query=yql, query_tensors={"q": q.tolist()})
+    assert [h.docid for h in res.hits] == brute(docs, q, 5, lambda d: d.format == "PNG" and d.height < 100)
+    old_style = coll.search(yql_query='select image_file_name from sources image_search where '
+                                      '[{"targetHits": 3}]nearestNeighbor(tiny_image, q)', query_tensors={"q": q})
+    assert [h.docid for h in old_style.hits] == brute(docs, q, 3)
+    assert old_style.hits[0].fields["image_file_name"].endswith(".jpg")
+
+
+def test_yql_true_or_and_limit(coll):
+    coll.feed(make_docs(12))
+    everything = coll.search(yql_query="select * from sources * where true limit 20", query_tensors={})
+    assert everything.total_count == 12 and all(h.relevance == 0 for h in everything.hits)
+    either = coll.search(yql_query='select * from sources * where width = 100 or width = 105', query_tensors={})
+    assert sorted(h.docid for h in either.hits) == ["d0", "d5"]
+
+
+@pytest.mark.parametrize("bad, column", [
+    ("select * where true", 10),
+    ("select * from sources * where nearestNeighbor(tiny_image, q)", 31),
+    ("select * from sources * where {targetHits:0}nearestNeighbor(tiny_image, q)", 45),
+    ("select * from sources * where width ~ 3", 37),
+    ("select * from sources * where (width = 3", 41),
+    ("select * from sources * where true order by width", 36),
+])
+def test_malformed_yql_names_the_position(coll, bad, column):
+    with pytest.raises(YqlSyntaxError) as info:
+        coll.search(yql_query=bad, query_tensors={})
+    assert f"column {column}" in str(info.value)
+
+
+def test_bad_vectors_and_fields_are_typed_errors(coll):
+    coll.feed(make_docs(3))
+    with pytest.raises(VectorError, match="takes 16 values"):
+        coll.feed([Document("x", vectors={"tiny_image": np.ones(8)})])
+    with pytest.raises(VectorError, match="NaN"):
+        coll.feed([Document("x", vectors={"tiny_image": [float("nan")] * DIM})])
+    with pytest.raises(VectorError, match="16-dim"):
+        coll.search(np.ones(512), field="tiny_image")
+    with pytest.raises(FieldError, match="tiny_image"):
+        coll.search(np.ones(DIM), field="vit_b_32_image")
+    with pytest.raises(VectorError, match="encoded with ViT-B/32"):
+        coll.search(np.ones(DIM), field="tiny_image", model="ViT-B/32")
+    with pytest.raises(FieldError, match="holds 16-dim vectors of model tiny"):
+        coll.add_field("tiny_image", "ViT-B/32", 512)
+    with pytest.raises(QueryError):
+        coll.search(np.ones(DIM), field="tiny_image", hits=-1)
+    assert len(coll.search(np.ones(DIM), field="tiny_image", hits=10**9).hits) == 3  # capped, not an error
+    assert len(coll) == 3 and coll.get("x") is None  # nothing half-written
+
+
+def test_live_updates_visible_to_next_search_and_remove_excludes(coll):
+    docs = make_docs(50)
+    coll.feed(docs)
+    target = docs[10].vectors["tiny_image"]
+    assert coll.search(target, field="tiny_image", hits=1).hits[0].docid == "d10"
+    coll.remove("d10")
+    assert "d10" not in [h.docid for h in coll.search(target, field="tiny_image", hits=50, target_hits=50).hits]
+    coll.update("d20", vectors={"tiny_image": target})
+    assert coll.search(target, field="tiny_image", hits=1).hits[0].docid == "d20"
+    coll.exact_threshold = 0  # same through the graph
+    assert coll.search(target, field="tiny_image", hits=1).hits[0].docid == "d20"
+    coll.remove("d20")
+    assert coll.search(target, field="tiny_image", hits=1).hits[0].docid != "d20"
+
+
+def test_get_put_roundtrip_exact_and_update_keeps_other_fields(coll):
+    coll.add_field("rn50_image", "RN50", 4)
+    vec = np.random.RandomState(0).randn(DIM).astype(np.float32)
+    coll.put(Document("p", image_file_name="p.jpg", width=3, vectors={"tiny_image": vec, "rn50_image": [1, 2, 3, 4]}))
+    coll.update("p", vectors={"rn50_image": [4, 3, 2, 1]})
+    got = coll.get("p")
+    assert got.image_file_name == "p.jpg" and got.width == 3
+    np.testing.assert_array_equal(got.vectors["tiny_image"], vec)
+    np.testing.assert_array_equal(got.vectors["rn50_image"], [4, 3, 2, 1])
+    assert coll.update("missing", attributes={"width": 1}) is False
+    coll.put(Document("p", image_file_name="p2.jpg"))  # put replaces the whole document
+    assert coll.get("p").vectors == {} and coll.get("p").width is None
+
+
+def test_searches_run_while_another_thread_feeds(coll):
+    coll.feed(make_docs(100))
+    errors = []
+    stop = threading.Event()
+
+    def reader():
+        rng = np.random.RandomState(1)
+        while not stop.is_set():
+            try:
+                res = coll.search(rng.randn(DIM), field="tiny_image", hits=5)
+                assert len(res.hits) == 5
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    extra = make_docs(300, seed=5)
+    for i in range(0, 300, 10):
+        batch = [Document(f"n{j}", vectors=extra[j].vectors) for j in range(i, i + 10)]
+        coll.feed(batch)
+        probe = coll.search(batch[0].vectors["tiny_image"], field="tiny_image", hits=1)
+        assert probe.hits[0].docid == batch[0].docid  # visible to the very next search
+    stop.set()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(coll) == 400
+
+
+def test_reopen_keeps_everything_and_the_graph(tmp_path):
+    docs = make_docs(300)
+    with Collection.create(tmp_path / "c", exact_threshold=0) as c:
+        c.add_field("tiny_image", "tiny", DIM)
+        c.feed(docs)
+        q = np.ones(DIM)
+        before = [h.docid for h in c.search(q, field="tiny_image", hits=10, target_hits=50).hits]
+    assert list((tmp_path / "c" / "ann").glob("tiny_image.300.usearch"))
+    with Collection.open(tmp_path / "c", exact_threshold=0) as c:
+        assert c._fields["tiny_image"].ann is not None  # loaded, not rebuilt
+        assert [h.docid for h in c.search(q, field="tiny_image", hits=10, target_hits=50).hits] == before
+        c.remove("d0")
+        c.feed(make_docs(1, seed=9))  # d0 again, new vector: graph snapshot is now stale
+    with Collection.open(tmp_path / "c", exact_threshold=0) as c:
+        res = c.search(make_docs(1, seed=9)[0].vectors["tiny_image"], field="tiny_image", hits=1)
+        assert res.hits[0].docid == "d0" and len(c) == 300
+
+
+def test_bad_folders_and_locks(tmp_path):
+    with pytest.raises(NotACollectionError, match="does not exist"):
+        Collection.open(tmp_path / "nope")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotACollectionError):
+        Collection.open(tmp_path / "file")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "collection.sqlite").write_text("not sqlite at all" * 100)
+    with pytest.raises(NotACollectionError, match="not a SQLite database"):
+        Collection.open(tmp_path / "junk")
+    c = Collection.create(tmp_path / "c")
+    with pytest.raises(CollectionLockedError, match="another process"):
+        Collection.open(tmp_path / "c")
+    reader = Collection.open(tmp_path / "c", readonly=True)
+    with pytest.raises(ReadOnlyError):
+        reader.add_field("x_image", "x", 3)
+    c.add_field("x_image", "x", 3)
+    c.feed([Document("a", vectors={"x_image": [1, 0, 0]})])
+    assert reader.search([1, 0, 0], field="x_image").hits[0].docid == "a"  # sees the writer's commit
+    reader.close()
+    c.close()
+
+
+def test_newer_format_is_refused_with_upgrade_message(tmp_path):
+    import sqlite3
+    Collection.create(tmp_path / "c").close()
+    db = sqlite3.connect(tmp_path / "c" / "collection.sqlite")
+    db.execute("PRAGMA user_version=99")
+    db.close()
+    with pytest.raises(CollectionVersionError, match="upgrade clipseek"):
+        Collection.open(tmp_path / "c")
+
+
+def test_visit_pages_through_everything(coll):
+    coll.feed(make_docs(25))
+    seen, cont = [], 0
+    while cont is not None:
+        docs, cont = coll.visit(continuation=cont, count=10)
+        seen += [d.docid for d in docs]
+    assert seen == [f"d{i}" for i in range(25)]
