@@ -105,3 +105,14 @@ def test_a_bad_file_in_a_batch_loses_nothing_else(exported, tmp_path):
 
     with pytest.raises(ImageDecodeError, match="broken.jpg"):
         enc.embed_images([good[0], bad])
+
+
+def test_local_dir_spec_comes_from_the_manifest(exported):
+    spec, _clip, folder = exported
+    from clipseek.models import modeldir
+
+    assert get_spec(f"local-dir:{folder}") == spec
+    modeldir.verify(folder)
+    (folder / "image.onnx").write_bytes((folder / "image.onnx").read_bytes()[:-10])
+    with pytest.raises(Exception, match="does not match its recorded checksum"):
+        modeldir.verify(folder)

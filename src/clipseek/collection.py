@@ -155,6 +155,7 @@ class Collection:
         self.hnsw = HnswParams(**hnsw)
         self._fields: dict[str, _Field] = {}
         self._data_version = -1
+        self._count = 0
         self._load_fields()
 
     # ---- opening -------------------------------------------------------------------------------------
@@ -268,6 +269,7 @@ class Collection:
     def _load_fields(self) -> None:
         db = self._db
         self._data_version = db.execute("PRAGMA data_version").fetchone()[0]
+        self._recount()
         fields = {}
         for row in db.execute("SELECT name, model, dim, next_slot FROM vector_fields"):
             f = _Field(self.path, FieldInfo(row["name"], row["model"], row["dim"]), row["next_slot"])
@@ -408,10 +410,11 @@ class Collection:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            self._recount()
             # 3. in-memory state and graphs follow the commit
-            for fname, slots in removed.items():
+            for fname, dead_list in removed.items():
                 f = self._fields[fname]
-                dead = np.asarray(slots, dtype=np.int64)
+                dead = np.asarray(dead_list, dtype=np.int64)
                 for s in dead.tolist():
                     d_id = int(f.doc_of_slot[s])
                     if f.slot_of_doc.get(d_id) == s:
@@ -449,6 +452,7 @@ class Collection:
             db.execute("DELETE FROM vectors WHERE doc=?", (doc,))
             db.execute("DELETE FROM documents WHERE id=?", (doc,))
             db.execute("COMMIT")
+            self._recount()
             for r in slots:
                 f = self._fields[r["field"]]
                 f.doc_of_slot[int(r["slot"])] = -1
@@ -459,7 +463,11 @@ class Collection:
 
     # ---- reading ---------------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return int(self._conn().execute("SELECT count(*) FROM documents").fetchone()[0])
+        self._refresh()
+        return self._count
+
+    def _recount(self) -> None:
+        self._count = int(self._db.execute("SELECT count(*) FROM documents").fetchone()[0])
 
     def get(self, docid: str, *, with_vectors: bool = True) -> Document | None:
         self._refresh()
@@ -572,26 +580,26 @@ class Collection:
         if isinstance(node, yql.And):
             plain = [c for c in node.children if not isinstance(c, yql.NearestNeighbor)]
             nns = [c for c in node.children if isinstance(c, yql.NearestNeighbor)]
-            current, scores = allowed, {}
-            for child in plain:
-                current, s = self._evaluate(child, current, tensors, plans)
-                scores.update(s)
-            for child in nns:
-                found, s = self._evaluate(child, current, tensors, plans)
-                current = found
-                scores.update(s)
+            current: set[int] | None = allowed
+            scores: dict[str, dict[int, float]] = {}
+            for plain_child in plain:
+                current, part = self._evaluate(plain_child, current, tensors, plans)
+                scores.update(part)
+            for nn_child in nns:
+                current, part = self._evaluate(nn_child, current, tensors, plans)
+                scores.update(part)
             return current, scores
         assert isinstance(node, yql.Or)
         union: set[int] = set()
         all_docs = False
         merged: dict[str, dict[int, float]] = {}
-        for child in node.children:
-            docs, s = self._evaluate(child, allowed, tensors, plans)
-            if docs is None:
+        for or_child in node.children:
+            child_docs, part = self._evaluate(or_child, allowed, tensors, plans)
+            if child_docs is None:
                 all_docs = True
             else:
-                union |= docs
-            for label, per_doc in s.items():
+                union |= child_docs
+            for label, per_doc in part.items():
                 merged.setdefault(label, {}).update(per_doc)
         return (allowed if all_docs else union), merged
 
@@ -638,17 +646,22 @@ class Collection:
         exact = nn.approximate is False or n_candidates <= max(self.exact_threshold, k)
         if exact:
             plans.append("exact")
-            if allowed is None:
-                slots = np.flatnonzero(doc_of_slot >= 0)
+            if allowed is None:  # score every row in place (no gather), then drop dead slots
+                rows = len(doc_of_slot)
+                cos = cosines(f.vectors.array()[:rows], f.norms[:rows], q)
+                cos[doc_of_slot < 0] = -np.inf
+                slots = np.arange(rows, dtype=np.int64)
+                k = min(k, len(f.slot_of_doc))
             else:
                 slots = np.fromiter((s for s in (f.slot_of_doc.get(d) for d in allowed)
                                      if s is not None and s < len(doc_of_slot)), dtype=np.int64)
+                cos = cosines(f.vectors.array()[slots], f.norms[slots], q)
         else:
             plans.append("hnsw")
             slots = self._ann_candidates(f, q, k, nn.explore_additional_hits, allowed, n_candidates)
-        if len(slots) == 0:
+            cos = cosines(f.vectors.array()[slots], f.norms[slots], q)
+        if len(slots) == 0 or k == 0:
             return {}
-        cos = cosines(f.vectors.array()[slots], f.norms[slots], q)
         best = top_k(cos, k)
         rel = closeness(cos[best])
         out: dict[int, float] = {}
@@ -677,7 +690,7 @@ class Collection:
                 keys = keys[np.fromiter((int(d) in allowed for d in f.doc_of_slot[keys]), dtype=bool,
                                         count=len(keys))]
             if len(keys) >= min(k, n_candidates) or want >= len(ann):
-                return keys
+                return np.asarray(keys, dtype=np.int64)
             want *= 4
 
 

@@ -81,7 +81,7 @@ class AnnIndex:
     def search(self, query: np.ndarray, count: int, ef: int) -> np.ndarray:
         """Candidate slots, nearest first; ``ef`` is the search beam (Vespa: targetHits + exploreAdditionalHits)."""
         with self._lock:
-            self._index.expansion_search = max(ef, count)
+            self._index.expansion_search = max(ef, count)  # type: ignore[misc]
             found = self._index.search(query.astype(np.float32), count, threads=1)
         return np.asarray(found.keys, dtype=np.int64)
 
@@ -103,9 +103,9 @@ class AnnIndex:
         """The newest readable snapshot and the slot count it covers, or None (caller rebuilds)."""
         snapshots = []
         for path in folder.glob(f"{field}.*.usearch"):
-            covered = path.name[len(field) + 1: -len(".usearch")]
-            if covered.isdigit():
-                snapshots.append((int(covered), path))
+            label = path.name[len(field) + 1: -len(".usearch")]
+            if label.isdigit():
+                snapshots.append((int(label), path))
         for covered, path in sorted(snapshots, reverse=True):
             index = cls(dim, params)
             try:

@@ -25,7 +25,7 @@ DEFAULT_MAX_PIXELS = int(os.environ.get("CLIPSEEK_MAX_PIXELS", 150_000_000))
 DRAFT_FACTOR = 2
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
-ImageInput = Union[str, os.PathLike, Image.Image]
+ImageInput = Union[str, "os.PathLike[str]", Image.Image]
 
 
 def load_image(

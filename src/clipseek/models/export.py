@@ -30,7 +30,7 @@ def text_tower(clip: Any) -> Any:
     torch = _torch()
     from open_clip.transformer import text_global_pool
 
-    class TextTower(torch.nn.Module):  # type: ignore[misc]
+    class TextTower(torch.nn.Module):  # type: ignore[misc,name-defined]
         def __init__(self) -> None:
             super().__init__()
             self.token_embedding = clip.token_embedding
@@ -68,7 +68,7 @@ def _onnx_friendly(clip: Any) -> Any:
     torch = _torch()
     functional = torch.nn.functional
 
-    class Attention(torch.nn.Module):  # type: ignore[misc]
+    class Attention(torch.nn.Module):  # type: ignore[misc,name-defined]
         def __init__(self, mha: Any) -> None:
             super().__init__()
             self.heads = mha.num_heads

@@ -106,6 +106,6 @@ def get_spec(name: str) -> ModelSpec:
 
 def spec_from_dir(folder: Path) -> ModelSpec:
     """The spec written beside an exported model (``clipseek.json``)."""
-    from .store import read_model_dir_spec
+    from .modeldir import read_model_dir_spec
 
     return read_model_dir_spec(folder)

@@ -1,0 +1,131 @@
+"""ANN search, side by side in one run: clipseek's collection (usearch HNSW, f16) vs faiss IndexHNSWFlat.
+
+    .venv/bin/python bench/ann.py [--n 200000] [--queries 1000]
+
+Data: N × 512 L2-normalised vectors drawn around ~1,000 clusters; queries are perturbed data points.
+Both indexes use M=16 and construction effort 500. Searches run single-threaded. For each, the smallest beam
+reaching recall@10 ≥ 0.99 against exact search is reported with its QPS, plus memory of vectors + graph, exact
+search latency (10k and N), build time, and the time to reopen the collection and answer a first query.
+Needs faiss-cpu (`pip install faiss-cpu`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from clipseek.collection import Collection, Document
+
+DIM = 512
+
+
+def dataset(n: int, queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((1000, DIM)).astype(np.float32)
+    data = centers[rng.integers(0, 1000, n)] + 0.6 * rng.standard_normal((n, DIM)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    q = data[rng.integers(0, n, queries)] + 0.3 * rng.standard_normal((queries, DIM)).astype(np.float32) / np.sqrt(DIM) * 10
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    return data, q.astype(np.float32)
+
+
+def recall(found: list[list[int]], truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=200_000)
+    ap.add_argument("--queries", type=int, default=1000)
+    args = ap.parse_args()
+    data, queries = dataset(args.n, args.queries)
+    truth = np.argsort(-(queries @ data.T), axis=1)[:, :10]
+    print(f"{args.n} x {DIM} vectors, {args.queries} queries, recall@10 against exact, single-thread search")
+
+    # clipseek
+    folder = Path(tempfile.mkdtemp()) / "c"
+    coll = Collection.create(folder, exact_threshold=0)
+    coll.add_field("vit_b_32_image", "ViT-B/32", DIM)
+    t = time.perf_counter()
+    for i in range(0, args.n, 10_000):
+        coll.feed([Document(str(j), vectors={"vit_b_32_image": data[j]}) for j in range(i, min(i + 10_000, args.n))])
+    feed_s = time.perf_counter() - t
+    t = time.perf_counter()
+    coll.search(queries[0], field="vit_b_32_image", hits=10)  # builds the graph (all cores)
+    build_cs = time.perf_counter() - t
+    mem_cs = coll._fields["vit_b_32_image"].ann.memory_bytes  # type: ignore[union-attr]
+    rows = []
+    for explore in (0, 10, 20, 40, 60, 90, 140, 200):
+        t = time.perf_counter()
+        found = [[int(h.docid) for h in coll.search(q, field="vit_b_32_image", hits=10,
+                                                    explore_additional_hits=explore).hits] for q in queries]
+        qps = len(queries) / (time.perf_counter() - t)
+        rows.append((explore, recall(found, truth), qps))
+    coll.close()
+
+    # faiss
+    faiss.omp_set_num_threads(2)
+    index = faiss.IndexHNSWFlat(DIM, 16, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = 500
+    t = time.perf_counter()
+    index.add(data)
+    build_fa = time.perf_counter() - t
+    mem_fa = data.nbytes + faiss.vector_to_array(index.hnsw.neighbors).nbytes + \
+        faiss.vector_to_array(index.hnsw.offsets).nbytes + faiss.vector_to_array(index.hnsw.levels).nbytes
+    faiss.omp_set_num_threads(1)
+    frows = []
+    for ef in (16, 24, 32, 48, 64, 96, 128, 192, 256):
+        index.hnsw.efSearch = ef
+        t = time.perf_counter()
+        found = [index.search(q[None, :], 10)[1][0].tolist() for q in queries]
+        qps = len(queries) / (time.perf_counter() - t)
+        frows.append((ef, recall(found, truth), qps))
+
+    def best(table: list[tuple[int, float, float]]) -> tuple[int, float, float]:
+        ok = [r for r in table if r[1] >= 0.99]
+        return ok[0] if ok else max(table, key=lambda r: r[1])
+
+    print(f"{'engine':<34} {'setting':<22} {'recall@10':>9} {'QPS':>8}")
+    for explore, rec, qps in rows:
+        print(f"{'clipseek (usearch f16 + rescore)':<34} {'targetHits 10+' + str(explore):<22} {rec:9.4f} {qps:8.0f}")
+    for ef, rec, qps in frows:
+        print(f"{'faiss IndexHNSWFlat f32':<34} {'efSearch ' + str(ef):<22} {rec:9.4f} {qps:8.0f}")
+    c, f = best(rows), best(frows)
+    print(f"at recall >= 0.99: clipseek {c[2]:.0f} QPS (recall {c[1]:.4f}) vs faiss {f[2]:.0f} QPS "
+          f"(recall {f[1]:.4f}): {c[2] / f[2]:.2f}x")
+    print(f"vectors + graph memory: clipseek {mem_cs / 2**20:.0f} MiB vs faiss {mem_fa / 2**20:.0f} MiB: "
+          f"{mem_cs / mem_fa:.2f}x")
+    print(f"build: clipseek feed {feed_s:.1f} s + graph {build_cs:.1f} s; faiss {build_fa:.1f} s (2 threads)")
+
+    # exact latency and reopen
+    t = time.perf_counter()
+    reopened = Collection.open(folder, exact_threshold=0)
+    reopened.search(queries[1], field="vit_b_32_image", hits=10)
+    print(f"reopen {args.n} docs + first query: {time.perf_counter() - t:.2f} s "
+          f"(graph loaded from snapshot: {reopened._fields['vit_b_32_image'].ann is not None})")
+    for n in (10_000, args.n):
+        sub = data[:n]
+        t = time.perf_counter()
+        for q in queries[:50]:
+            np.argpartition(-(sub @ q), 10)[:10]
+        numpy_ms = (time.perf_counter() - t) / 50 * 1000
+        if n == args.n:
+            t = time.perf_counter()
+            for q in queries[:50]:
+                reopened.search(q, field="vit_b_32_image", hits=10, approximate=False)
+            print(f"exact search {n}: clipseek {(time.perf_counter() - t) / 50 * 1000:.1f} ms/query, "
+                  f"bare numpy {numpy_ms:.1f} ms/query")
+        else:
+            print(f"exact search {n}: bare numpy {numpy_ms:.2f} ms/query")
+    reopened.close()
+    shutil.rmtree(folder.parent, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
