@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test test-all install bench clean
+.PHONY: test test-all install bench clean tiny-model
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -21,3 +21,7 @@ $(VENV)/.installed: pyproject.toml requirements/test.txt
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+
+# The bundled tiny CLIP: render synth scenes, train, export into the package (about 10 minutes on 2 cores).
+tiny-model: $(VENV)/.installed
+	$(BIN)/clipseek train-tiny src/clipseek/models/tiny
