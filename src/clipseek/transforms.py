@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Union
+from typing import BinaryIO, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -28,37 +29,61 @@ _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.B
 ImageInput = Union[str, "os.PathLike[str]", Image.Image]
 
 
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the file says before any downscaling: upright size and container format."""
+
+    width: int
+    height: int
+    format: str | None
+
+
 def load_image(
     source: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None
 ) -> Image.Image:
     """Decode ``source`` to an upright RGB image, or raise an :class:`ImageError` naming it and why."""
+    return open_image(source, max_pixels=max_pixels, draft_size=draft_size)[0]
+
+
+def open_image(
+    source: ImageInput | BinaryIO, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None,
+    name: str | None = None,
+) -> tuple[Image.Image, ImageInfo]:
+    """Like :func:`load_image`, also returning the original size and format; ``source`` may be a file object."""
     if isinstance(source, Image.Image):
-        return to_rgb(_upright(source))
-    name = os.fsdecode(source)
+        img = to_rgb(_upright(source))
+        return img, ImageInfo(img.width, img.height, source.format)
+    label = name or (os.fsdecode(source) if isinstance(source, (str, bytes, os.PathLike)) else "<upload>")
     try:
-        if os.path.getsize(source) == 0:
-            raise ImageDecodeError(name, "empty file (0 bytes)")
+        if isinstance(source, (str, bytes, os.PathLike)) and os.path.getsize(source) == 0:
+            raise ImageDecodeError(label, "empty file (0 bytes)")
         with Image.open(source) as img:
-            _check_pixels(name, img.size, max_pixels)
+            if img.size == (0, 0):
+                raise ImageDecodeError(label, "empty image")
+            _check_pixels(label, img.size, max_pixels)
+            width, height = img.size
+            if img.getexif().get(0x0112) in (5, 6, 7, 8):
+                width, height = height, width
+            fmt = img.format
             if draft_size and img.format == "JPEG":
                 want = draft_size * DRAFT_FACTOR
                 img.draft("RGB", (want, want))
             img.load()
-            return to_rgb(_upright(img))
+            return to_rgb(_upright(img)), ImageInfo(width, height, fmt)
     except ImageError:
         raise
     except FileNotFoundError:
-        raise ImageDecodeError(name, "file not found (moved or deleted while indexing?)") from None
+        raise ImageDecodeError(label, "file not found (moved or deleted while indexing?)") from None
     except PermissionError:
-        raise ImageDecodeError(name, "permission denied: make the file readable or exclude it") from None
+        raise ImageDecodeError(label, "permission denied: make the file readable or exclude it") from None
     except IsADirectoryError:
-        raise ImageDecodeError(name, "is a directory, not an image") from None
+        raise ImageDecodeError(label, "is a directory, not an image") from None
     except UnidentifiedImageError:
-        raise ImageDecodeError(name, "not an image format Pillow can read") from None
+        raise ImageDecodeError(label, "not an image format Pillow can read") from None
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(name, _pixels_from_message(str(exc)), max_pixels) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageDecodeError(name, f"truncated or corrupt image ({exc})") from None
+        raise ImageTooLargeError(label, _pixels_from_message(str(exc)), max_pixels) from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
+        raise ImageDecodeError(label, f"truncated or corrupt image ({exc})") from None
 
 
 def _check_pixels(name: str, size: tuple[int, int], max_pixels: int) -> None:
@@ -128,7 +153,3 @@ def preprocess(
 
 
 Image.MAX_IMAGE_PIXELS = None  # clipseek checks its own, configurable limit before decoding
-
-
-def describe(source: ImageInput) -> str:
-    return "<PIL image>" if isinstance(source, Image.Image) else os.fsdecode(Path(source))

@@ -149,25 +149,22 @@ class _Parser:
         return Select(fields, sources, where, limit, offset, tuple(_nearest(where)))
 
     def field_list(self) -> tuple[str, ...]:
-        if self.peek()[1] == "*":
-            self.take()
-            return ("*",)
-        names = [self.name("a field name or *")]
-        while self.peek()[1] == ",":
-            self.take()
-            names.append(self.name("a field name"))
-        return tuple(names)
+        return self.name_list("a field name")
 
     def sources(self) -> tuple[str, ...]:
         if self.is_word("sources"):
             self.take()
-            if self.peek()[1] == "*":
-                self.take()
-                return ("*",)
-        names = [self.name("a source name")]
+        return self.name_list("a source name")
+
+    def name_list(self, what: str) -> tuple[str, ...]:
+        """``*`` or ``name (, name)*``."""
+        if self.peek()[1] == "*":
+            self.take()
+            return ("*",)
+        names = [self.name(what)]
         while self.peek()[1] == ",":
             self.take()
-            names.append(self.name("a source name"))
+            names.append(self.name(what))
         return tuple(names)
 
     def expr(self) -> Node:

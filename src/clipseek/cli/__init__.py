@@ -33,9 +33,17 @@ def main() -> None:
 
 
 def _register() -> None:
+    from .data import synth_command, train_tiny_command
+    from .demo import demo_command
     from .models import models
+    from .search import index_command, search_command
 
+    main.add_command(index_command)
+    main.add_command(search_command)
+    main.add_command(demo_command)
     main.add_command(models)
+    main.add_command(synth_command)
+    main.add_command(train_tiny_command)
 
 
 _register()

@@ -11,13 +11,14 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import BinaryIO, Literal, Sequence
 
 import numpy as np
+from PIL import Image
 
 from ..errors import ImageError, ModelError
 from ..tokenizer import get_tokenizer
-from ..transforms import DEFAULT_MAX_PIXELS, ImageInput, describe, load_image, preprocess
+from ..transforms import DEFAULT_MAX_PIXELS, ImageInfo, ImageInput, open_image, preprocess
 from . import modeldir
 from .registry import ModelSpec
 
@@ -79,11 +80,18 @@ class Encoder(ABC):
             tokens = tokens[:, : int(self.tokenizer.lengths(tokens).max())]
         return l2_normalize(self._encode_tokens(np.ascontiguousarray(tokens, dtype=np.int64)))
 
+    def load(self, image: ImageInput | BinaryIO, name: str | None = None) -> tuple[Image.Image, ImageInfo]:
+        """Decode for this model (JPEG draft down to what it needs); raises ImageError naming the file."""
+        draft = self.spec.image_size if self.draft else None
+        return open_image(image, max_pixels=self.max_pixels, draft_size=draft, name=name)
+
+    def preprocess_image(self, img: Image.Image) -> np.ndarray:
+        spec = self.spec
+        return preprocess(img, spec.image_size, spec.mean, spec.std, spec.interpolation)
+
     def preprocess(self, image: ImageInput) -> np.ndarray:
         """Decode (if a path) and preprocess one image to ``[3, size, size]``; raises ImageError."""
-        spec = self.spec
-        img = load_image(image, max_pixels=self.max_pixels, draft_size=spec.image_size if self.draft else None)
-        return preprocess(img, spec.image_size, spec.mean, spec.std, spec.interpolation)
+        return self.preprocess_image(self.load(image)[0])
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         out = [self._encode_pixels(np.ascontiguousarray(pixels[i : i + self.batch_size], dtype=np.float32))

@@ -1,0 +1,41 @@
+"""Progress for long work: a bar on a terminal, a plain line every few seconds otherwise (logs, cron)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable
+
+from tqdm import tqdm
+
+
+def reporter(label: str, *, every: float = 5.0, stream=None) -> tuple[Callable[[int, int], None], Callable[[], None]]:  # type: ignore[no-untyped-def]
+    """(update(done, total), close()) — update may be called with the same total many times."""
+    out = stream or sys.stderr
+    if out.isatty():
+        bar: tqdm[int] | None = None
+
+        def update(done: int, total: int) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = tqdm(total=total, unit="img", desc=label, file=out, dynamic_ncols=True)
+            bar.total = total
+            bar.update(done - bar.n)
+
+        def close() -> None:
+            if bar is not None:
+                bar.close()
+        return update, close
+
+    start = time.perf_counter()
+    last = [0.0]
+
+    def plain(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if total and (now - last[0] >= every or done == total) and done > 0:
+            last[0] = now
+            rate = done / max(now - start, 1e-9)
+            eta = (total - done) / rate if rate else 0
+            print(f"{label}: {done}/{total} ({rate:.1f}/s, ETA {eta:.0f}s)", file=out, flush=True)
+
+    return plain, lambda: None

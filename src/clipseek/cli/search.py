@@ -1,0 +1,124 @@
+"""``clipseek index`` and ``clipseek search``: the main job, over a collection folder."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .. import paths
+from ..collection import Collection
+from ..models import DEFAULT_MODEL, get_spec, load_model
+from ..models.registry import LOCAL_DIR_PREFIX
+
+collection_option = click.option(
+    "--collection", "collection_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    envvar="CLIPSEEK_COLLECTION", show_envvar=True,
+    help="Collection folder [default: $CLIPSEEK_HOME/collection, i.e. ~/.local/share/clipseek/collection].")
+
+
+def collection_path(value: Path | None) -> Path:
+    return value or paths.default_collection()
+
+
+@click.command("index")
+@click.argument("paths_", metavar="PATH...", nargs=-1, required=True,
+                type=click.Path(exists=True, path_type=Path))
+@collection_option
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Model to embed with (see `clipseek models`).")
+@click.option("--batch-size", default=32, show_default=True, help="Images per inference batch.")
+@click.option("--workers", default=None, type=int, help="Decoding threads [default: number of CPUs].")
+@click.option("--threads", default=None, type=int, help="Inference threads [default: number of CPUs].")
+@click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
+              help="int8 is ~2.5x faster for ViT models; see bench/README.md for its accuracy.")
+def index_command(paths_: tuple[Path, ...], collection_dir: Path | None, model: str, batch_size: int,
+                  workers: int | None, threads: int | None, precision: str) -> None:
+    """Index the images under PATH... (recursively) into the collection.
+
+    \b
+    Re-running is cheap: unchanged files are skipped, renamed or copied files
+    reuse their vectors, deleted files leave the collection. Run again with
+    --model OTHER to add another model's vectors to the same images.
+    Formats: JPEG, PNG, WebP, GIF, BMP, TIFF (HEIC/AVIF with pillow-heif/pillow-avif).
+    """
+    from ..indexer import Indexer
+    from .progress import reporter
+
+    encoder = load_model(model, threads=threads, precision=precision, batch_size=batch_size)  # type: ignore[arg-type]
+    update, close = reporter("indexing")
+    with Collection.open(collection_path(collection_dir), create=True) as coll:
+        report = Indexer(coll, encoder, workers=workers, batch_size=batch_size, progress=update).run(paths_)
+        close()
+        click.echo(report.summary())
+        for path, reason in report.failed[:50]:
+            click.echo(f"  failed: {path}: {reason}", err=True)
+        if len(report.failed) > 50:
+            click.echo(f"  ... {len(report.failed) - 50} more in {coll.path / 'index-failures.log'}", err=True)
+    if report.interrupted:
+        sys.exit(130)
+    if report.indexed + report.unchanged + report.reused == 0 and report.failed:
+        sys.exit(1)
+
+
+def pick_field(coll: Collection, model: str | None) -> tuple[str, str]:
+    """(field, model name) to search: the one asked for, else the default model's, else the only one."""
+    fields = coll.fields
+    if model is not None:
+        name = model if model.startswith(LOCAL_DIR_PREFIX) else get_spec(model).name
+        matches = [f for f in fields.values() if f.model == name]
+        if not matches:
+            have = ", ".join(f"{f.model}" for f in fields.values()) or "none"
+            raise click.ClickException(f"the collection has no vectors of model {name} (it has: {have}); "
+                                       f"run `clipseek index PATH --model {model}` first")
+        return matches[0].name, model
+    if not fields:
+        raise click.ClickException(f"{coll.path} holds no images yet: run `clipseek index PATH` first")
+    default = [f for f in fields.values() if f.model == DEFAULT_MODEL]
+    chosen = default[0] if default else sorted(fields.values(), key=lambda f: f.name)[0]
+    return chosen.name, chosen.model
+
+
+def hyperlink(path: str) -> str:
+    if not sys.stdout.isatty() or not path.startswith("/"):
+        return path
+    return f"\033]8;;file://{path}\033\\{path}\033]8;;\033\\"
+
+
+@click.command("search")
+@click.argument("text", required=False)
+@click.option("--image", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Search by an image instead (image → image).")
+@click.option("-k", "--hits", "k", default=10, show_default=True, help="Number of results.")
+@click.option("--model", default=None, help="Model whose vectors to search [default: the collection's].")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON (for scripts).")
+@collection_option
+def search_command(text: str | None, image: Path | None, k: int, model: str | None, as_json: bool,
+                   collection_dir: Path | None) -> None:
+    """Find the images that best match TEXT (or --image FILE).
+
+    \b
+      clipseek search "a dog running on a beach"
+      clipseek search --image ~/Pictures/cat.jpg -k 5 --json
+    """
+    if (text is None) == (image is None):
+        raise click.UsageError("give a TEXT to search for, or --image FILE (not both)")
+    with Collection.open(collection_path(collection_dir), readonly=True) as coll:
+        field, model_name = pick_field(coll, model)
+        encoder = load_model(model_name)
+        vector = encoder.embed_texts([text])[0] if text is not None else encoder.embed_images([image or Path()])[0]
+        result = coll.search(vector, field=field, hits=k, model=encoder.spec.name)
+    if as_json:
+        click.echo(json.dumps({"query": text or str(image), "model": encoder.spec.name, "field": field,
+                               "total": result.total_count, "hits": [
+                                   {"rank": i + 1, "id": h.docid, "relevance": round(h.relevance, 6),
+                                    "path": h.fields.get("path")} for i, h in enumerate(result.hits)]}, indent=1))
+        return
+    if not result.hits:
+        click.echo("no results")
+        return
+    click.echo(f"{'rank':>4}  {'relevance':>9}  path")
+    for i, h in enumerate(result.hits):
+        click.echo(f"{i + 1:>4}  {h.relevance:9.4f}  {hyperlink(str(h.fields.get('path', h.docid)))}")
+

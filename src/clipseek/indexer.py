@@ -1,0 +1,303 @@
+"""Folders of images → documents in a collection: incremental, parallel, resumable, and honest about failures.
+
+A run walks the given roots (hidden folders and the collection itself skipped, symlink loops survived),
+skips files whose size and mtime are unchanged, reuses the vector of a file with the same content hash
+(renamed or copied), removes documents whose files are gone, and embeds the rest: decoding and preprocessing
+in worker threads overlap batched inference, and every batch is committed as it completes, so a killed run
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+import stat
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from .collection import Collection, Document
+from .errors import ImageError
+from .models.encoder import Encoder
+
+EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+OPTIONAL_EXTENSIONS = {".heic": "pillow_heif", ".heif": "pillow_heif", ".avif": "pillow_avif"}
+FAILURE_LOG = "index-failures.log"
+
+
+@dataclass
+class IndexReport:
+    """What a run did; ``failed`` lists (path, reason) for every file that could not be indexed."""
+
+    found: int = 0
+    indexed: int = 0
+    unchanged: int = 0
+    reused: int = 0
+    removed: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    interrupted: bool = False
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        text = (f"{self.indexed} indexed, {self.unchanged} unchanged, {self.reused} reused, "
+                f"{self.removed} removed, {len(self.failed)} failed in {self.seconds:.1f}s")
+        return ("interrupted: " + text) if self.interrupted else text
+
+
+def field_for(encoder: Encoder) -> str:
+    return encoder.spec.field_name
+
+
+def supported_extensions() -> set[str]:
+    exts = set(EXTENSIONS)
+    for ext, module in OPTIONAL_EXTENSIONS.items():
+        try:
+            plugin = __import__(module)
+            if hasattr(plugin, "register_heif_opener"):
+                plugin.register_heif_opener()
+            exts.add(ext)
+        except ImportError:
+            pass
+    return exts
+
+
+def display_path(raw: bytes) -> str:
+    """Text for a path's bytes; names that are not UTF-8 keep their bytes as ``\\xNN`` escapes."""
+    return raw.decode("utf-8", errors="backslashreplace")
+
+
+def docid_for(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()[:20]
+
+
+def walk(roots: Iterable[Path], skip: Iterable[Path] = (), extensions: set[str] | None = None
+         ) -> Iterator[tuple[bytes, os.stat_result]]:
+    """Image files under ``roots`` as (absolute path bytes, stat); follows links once, never loops."""
+    exts = extensions or supported_extensions()
+    skip_ids = set()
+    for s in skip:
+        try:
+            st = os.stat(s)
+            skip_ids.add((st.st_dev, st.st_ino))
+        except OSError:
+            pass
+    seen: set[tuple[int, int]] = set()
+    for root in roots:
+        raw_root = os.fsencode(os.path.abspath(root))
+        try:
+            st = os.stat(raw_root)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            if os.path.splitext(raw_root)[1].decode("utf-8", "replace").lower() in exts:
+                yield raw_root, st
+            continue
+        stack = [raw_root]
+        while stack:
+            folder = stack.pop()
+            try:
+                st = os.stat(folder)
+            except OSError:
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in seen or key in skip_ids:
+                continue
+            seen.add(key)
+            try:
+                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            except OSError:
+                continue
+            subdirs = []
+            for entry in entries:
+                if entry.name.startswith(b"."):
+                    continue
+                try:
+                    if entry.is_dir(follow_symlinks=True):
+                        subdirs.append(entry.path)
+                    elif entry.is_file(follow_symlinks=True):
+                        if os.path.splitext(entry.name)[1].decode("utf-8", "replace").lower() in exts:
+                            yield entry.path, entry.stat(follow_symlinks=True)
+                except OSError:
+                    continue
+            stack.extend(reversed(subdirs))
+
+
+@dataclass
+class _Prepared:
+    raw: bytes
+    st: os.stat_result
+    content_hash: str | None = None
+    pixels: np.ndarray | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    error: str | None = None
+
+
+class Indexer:
+    """Index image folders into ``collection`` with ``encoder``. ``progress(done, total)`` is called as it goes."""
+
+    def __init__(self, collection: Collection, encoder: Encoder, *, workers: int | None = None,
+                 batch_size: int | None = None, progress: Callable[[int, int], None] | None = None) -> None:
+        self.collection = collection
+        self.encoder = encoder
+        self.workers = workers or max(2, (os.cpu_count() or 2))
+        self.batch_size = batch_size or encoder.batch_size
+        self.progress = progress or (lambda done, total: None)
+        self.field = field_for(encoder)
+        collection.add_field(self.field, encoder.spec.name, encoder.dim)
+
+    def run(self, roots: Iterable[Path]) -> IndexReport:
+        started = time.perf_counter()
+        report = IndexReport()
+        roots = [Path(r) for r in roots]
+        existing = self._existing()
+        by_hash = {h: docid for docid, (_, _, h, has) in existing.items() if h and has}
+        todo: list[tuple[bytes, os.stat_result]] = []
+        present: set[str] = set()
+        for raw, st in walk(roots, skip=[self.collection.path]):
+            report.found += 1
+            docid = docid_for(raw)
+            present.add(docid)
+            old = existing.get(docid)
+            if old and old[0] == st.st_size and old[1] == st.st_mtime and old[3]:
+                report.unchanged += 1
+            else:
+                todo.append((raw, st))
+        self.progress(0, len(todo))
+        try:
+            self._embed_all(todo, by_hash, report)
+            # after embedding, so a renamed file could still reuse the vector of its old name
+            report.removed = self._remove_missing(roots, present)
+        except KeyboardInterrupt:
+            report.interrupted = True
+        report.seconds = time.perf_counter() - started
+        self._log_failures(report)
+        return report
+
+    def _existing(self) -> dict[str, tuple[int | None, float | None, str | None, bool]]:
+        out = {}
+        for doc in self.collection.iter_documents(with_vectors=True):
+            out[doc.docid] = (doc.size, doc.mtime, doc.content_hash, self.field in doc.vectors)
+        return out
+
+    def _remove_missing(self, roots: list[Path], present: set[str]) -> int:
+        prefixes = [os.fsencode(os.path.abspath(r)) for r in roots]
+        removed = 0
+        for doc in self.collection.iter_documents(with_vectors=False):
+            if doc.docid in present:
+                continue
+            raw = _raw_path(doc)
+            if raw is None or not any(raw == p or raw.startswith(p.rstrip(b"/") + b"/") for p in prefixes):
+                continue
+            if not os.path.lexists(raw):
+                self.collection.remove(doc.docid)
+                removed += 1
+        return removed
+
+    def _prepare(self, raw: bytes, st: os.stat_result) -> _Prepared:
+        item = _Prepared(raw, st)
+        try:
+            with open(raw, "rb") as fh:
+                data = fh.read()
+            item.content_hash = hashlib.sha256(data).hexdigest()
+        except OSError as exc:
+            item.error = "vanished before it could be read" if isinstance(exc, FileNotFoundError) else \
+                f"cannot read: {exc.strerror}"
+            return item
+        if not data:
+            item.error = "empty file (0 bytes)"
+            return item
+        try:
+            img, info = self.encoder.load(io.BytesIO(data), name=display_path(raw))
+            item.width, item.height, item.format = info.width, info.height, info.format
+            item.pixels = self.encoder.preprocess_image(img)
+        except ImageError as exc:
+            item.error = exc.reason
+        return item
+
+    def _embed_all(self, todo: list[tuple[bytes, os.stat_result]], by_hash: dict[str, str], report: IndexReport) -> None:
+        done = 0
+        with ThreadPoolExecutor(self.workers) as pool:
+            pending: list[Future[_Prepared]] = []
+            queue = iter(todo)
+            ahead = self.batch_size * 3
+            for raw, st in queue:
+                pending.append(pool.submit(self._prepare, raw, st))
+                if len(pending) >= ahead:
+                    break
+            while pending:
+                batch, pending = pending[: self.batch_size], pending[self.batch_size:]
+                items = [f.result() for f in batch]
+                for raw, st in queue:
+                    pending.append(pool.submit(self._prepare, raw, st))
+                    if len(pending) >= ahead:
+                        break
+                self._commit(items, by_hash, report)
+                done += len(items)
+                self.progress(done, len(todo))
+
+    def _commit(self, items: list[_Prepared], by_hash: dict[str, str], report: IndexReport) -> None:
+        docs: list[Document] = []
+        to_embed: list[tuple[Document, np.ndarray]] = []
+        now = time.time()
+        for it in items:
+            if it.error:
+                report.failed.append((display_path(it.raw), it.error))
+                continue
+            doc = _document(it, now)
+            source = by_hash.get(it.content_hash or "")
+            reused = self.collection.get(source) if source else None
+            if reused is not None and self.field in reused.vectors:
+                doc.vectors = dict(reused.vectors)
+                report.reused += 1
+            else:
+                assert it.pixels is not None
+                to_embed.append((doc, it.pixels))
+            old = self.collection.get(doc.docid)
+            if old is not None:  # keep the other models' vectors of a changed file only if content is the same
+                if old.content_hash == doc.content_hash:
+                    doc.vectors = {**old.vectors, **doc.vectors}
+            docs.append(doc)
+        if to_embed:
+            vectors = self.encoder.embed_pixels(np.stack([p for _, p in to_embed]))
+            for (doc, _), vec in zip(to_embed, vectors):
+                doc.vectors[self.field] = vec
+            report.indexed += len(to_embed)
+        if docs:
+            self.collection.feed(docs)
+            for doc in docs:
+                if doc.content_hash:
+                    by_hash.setdefault(doc.content_hash, doc.docid)
+
+    def _log_failures(self, report: IndexReport) -> None:
+        if not report.failed:
+            return
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        with open(self.collection.path / FAILURE_LOG, "a", encoding="utf-8") as fh:
+            for path, reason in report.failed:
+                fh.write(f"{stamp}\t{path!r}\t{reason}\n")
+
+
+def _document(it: _Prepared, now: float) -> Document:
+    text = display_path(it.raw)
+    extra = {}
+    try:
+        it.raw.decode("utf-8")
+    except UnicodeDecodeError:
+        extra["path_b64"] = base64.b64encode(it.raw).decode("ascii")
+    return Document(docid_for(it.raw), image_file_name=os.path.basename(text), path=text, size=it.st.st_size,
+                    mtime=it.st.st_mtime, content_hash=it.content_hash, width=it.width, height=it.height,
+                    format=it.format, indexed_at=now, extra=extra)
+
+
+def _raw_path(doc: Document) -> bytes | None:
+    if "path_b64" in doc.extra:
+        return base64.b64decode(doc.extra["path_b64"])
+    return doc.path.encode("utf-8") if doc.path else None
