@@ -269,3 +269,21 @@ def test_visit_pages_through_everything(coll):
         docs, cont = coll.visit(continuation=cont, count=10)
         seen += [d.docid for d in docs]
     assert seen == [f"d{i}" for i in range(25)]
+
+
+def test_reader_maps_the_graph_and_follows_the_writer(tmp_path):
+    docs = make_docs(200)
+    with Collection.create(tmp_path / "c", exact_threshold=0) as c:
+        c.add_field("tiny_image", "tiny", DIM)
+        c.feed(docs)
+        c.search(np.ones(DIM), field="tiny_image")  # builds the graph; close() snapshots it
+    reader = Collection.open(tmp_path / "c", readonly=True, exact_threshold=0)
+    assert reader._fields["tiny_image"].ann.is_view
+    q = docs[7].vectors["tiny_image"]
+    assert reader.search(q, field="tiny_image", hits=1).hits[0].docid == "d7"
+    with Collection.open(tmp_path / "c", exact_threshold=0) as writer:
+        writer.remove("d7")
+        writer.feed([Document("new", vectors={"tiny_image": q})])
+    res = reader.search(q, field="tiny_image", hits=2)
+    assert res.plan == "hnsw" and res.hits[0].docid == "new" and "d7" not in [h.docid for h in res.hits]
+    reader.close()

@@ -10,6 +10,7 @@ search for small or heavily filtered candidate sets and HNSW otherwise; ``approx
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import math
 import os
@@ -125,10 +126,8 @@ class _Field:
         return self.vectors.rows
 
     def extend_norms(self) -> None:
-        rows = self.vectors.array()
-        if len(self.norms) < len(rows):
-            fresh = np.linalg.norm(rows[len(self.norms):], axis=1).astype(np.float32)
-            self.norms = np.concatenate([self.norms, fresh])
+        if len(self.norms) < self.vectors.rows:
+            self.norms = np.concatenate([self.norms, self.vectors.norms(len(self.norms))])
 
     def live_slots(self) -> np.ndarray:
         return np.flatnonzero(self.doc_of_slot >= 0)
@@ -273,25 +272,30 @@ class Collection:
         fields = {}
         for row in db.execute("SELECT name, model, dim, next_slot FROM vector_fields"):
             f = _Field(self.path, FieldInfo(row["name"], row["model"], row["dim"]), row["next_slot"])
-            slots = np.fromiter((0,), dtype=np.int64, count=0)
-            pairs = db.execute("SELECT doc, slot FROM vectors WHERE field=?", (f.info.name,)).fetchall()
-            if pairs:
-                arr = np.asarray(pairs, dtype=np.int64)
+            cursor = db.execute("SELECT doc, slot FROM vectors WHERE field=?", (f.info.name,))
+            arr = np.fromiter(itertools.chain.from_iterable(cursor), dtype=np.int64).reshape(-1, 2)
+            if len(arr):
                 f.doc_of_slot[arr[:, 1]] = arr[:, 0]
                 f.slot_of_doc = dict(zip(arr[:, 0].tolist(), arr[:, 1].tolist()))
-            del slots
             f.extend_norms()
             old = self._fields.get(f.info.name)
-            if old is not None and old.ann is not None:
+            if old is not None and old.ann is not None and not old.ann.is_view:
                 f.ann = old.ann
                 self._catch_up_ann(f, covered=len(old.doc_of_slot), previous=old.doc_of_slot)
             else:
-                loaded = AnnIndex.load(self.path / "ann", f.info.name, f.info.dim, self.hnsw)
+                loaded = AnnIndex.load(self.path / "ann", f.info.name, f.info.dim, self.hnsw, view=self.readonly)
                 if loaded is not None and loaded[1] <= f.next_slot:
                     f.ann = loaded[0]
+                    if f.ann.is_view and self._needs_catch_up(f, loaded[1]):
+                        f.ann = AnnIndex.load(self.path / "ann", f.info.name, f.info.dim, self.hnsw)[0]  # type: ignore[index]
                     self._catch_up_ann(f, covered=loaded[1], previous=None)
             fields[f.info.name] = f
         self._fields = fields
+
+    @staticmethod
+    def _needs_catch_up(f: _Field, covered: int) -> bool:
+        """A memory-mapped graph cannot change: is it stale (new live slots, or dead ones it still holds)?"""
+        return bool((f.doc_of_slot[covered:] >= 0).any() or (f.doc_of_slot[:covered] < 0).any())
 
     def _catch_up_ann(self, f: _Field, covered: int, previous: np.ndarray | None) -> None:
         """Bring a graph that covered slots < ``covered`` up to date: drop dead slots, add new live ones."""
@@ -372,10 +376,11 @@ class Collection:
                 for fname, vec in vecs.items():
                     planned.setdefault(fname, []).append((i, 0, vec))
             new_slots: dict[str, np.ndarray] = {}
+            planned_norms: dict[str, np.ndarray] = {}
             for fname, items in planned.items():
                 f = self._fields[fname]
                 first = f.next_slot
-                f.vectors.write(first, np.stack([v for _, _, v in items]))
+                planned_norms[fname] = f.vectors.write(first, np.stack([v for _, _, v in items]))
                 new_slots[fname] = np.arange(first, first + len(items), dtype=np.int64)
             # 2. one transaction pointing documents at them
             db = self._db
@@ -428,7 +433,7 @@ class Collection:
                 owners = np.asarray([doc_ids[i] for i, _, _ in items], dtype=np.int64)
                 fresh = np.stack([v for _, _, v in items])
                 # publish in an order where a concurrent search never sees a slot without its vector/norm
-                f.norms = np.concatenate([f.norms[: slots[0]], np.linalg.norm(fresh, axis=1).astype(np.float32)])
+                f.norms = np.concatenate([f.norms[: slots[0]], planned_norms[fname]])
                 f.vectors.commit(int(slots[-1]) + 1)
                 doc_of_slot = np.concatenate([f.doc_of_slot, np.full(len(slots), -1, np.int64)])
                 doc_of_slot[slots] = owners

@@ -57,6 +57,7 @@ class AnnIndex:
         from usearch.index import Index
 
         self.dim, self.params = dim, params
+        self.is_view = False
         self._lock = threading.Lock()
         self._index = Index(ndim=dim, metric="cos", dtype="f16", connectivity=params.max_links_per_node,
                             expansion_add=params.neighbors_to_explore_at_insert, expansion_search=64)
@@ -99,8 +100,11 @@ class AnnIndex:
         return target
 
     @classmethod
-    def load(cls, folder: Path, field: str, dim: int, params: HnswParams) -> tuple[AnnIndex, int] | None:
-        """The newest readable snapshot and the slot count it covers, or None (caller rebuilds)."""
+    def load(cls, folder: Path, field: str, dim: int, params: HnswParams, *, view: bool = False
+             ) -> tuple[AnnIndex, int] | None:
+        """The newest readable snapshot and the slot count it covers, or None (caller rebuilds).
+
+        ``view`` memory-maps the file instead of reading it (instant; read-only, for readers)."""
         snapshots = []
         for path in folder.glob(f"{field}.*.usearch"):
             label = path.name[len(field) + 1: -len(".usearch")]
@@ -109,7 +113,11 @@ class AnnIndex:
         for covered, path in sorted(snapshots, reverse=True):
             index = cls(dim, params)
             try:
-                index._index.load(str(path))
+                if view:
+                    index._index.view(str(path))
+                    index.is_view = True
+                else:
+                    index._index.load(str(path))
             except Exception:
                 continue
             if index._index.ndim == dim:

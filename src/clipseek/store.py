@@ -4,6 +4,7 @@ Layout of a collection folder::
 
     collection.sqlite         documents, vector-field registry, (doc, field) → slot, meta  (WAL mode)
     vectors/<field>.f32       float32 rows, append-only; row = slot
+    vectors/<field>.norm      float32 L2 norm of each row (so opening never re-reads the vectors)
     ann/<field>.<n>.usearch   HNSW snapshot covering slots < n (rebuilt or caught up on open)
 
 A feed writes new vector rows first (fsync), then commits one SQLite transaction that points documents at
@@ -126,15 +127,32 @@ class VectorFile:
     def row_bytes(self) -> int:
         return self.dim * 4
 
-    def write(self, first_slot: int, vectors: np.ndarray) -> None:
-        """Write rows starting at ``first_slot`` and fsync; they count only once the caller commits."""
+    @property
+    def norm_path(self) -> Path:
+        return self.path.with_suffix(".norm")
+
+    def write(self, first_slot: int, vectors: np.ndarray) -> np.ndarray:
+        """Write rows (and their norms) from ``first_slot`` and fsync; they count once the caller commits."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = np.ascontiguousarray(vectors, dtype="<f4")
-        with open(self.path, "r+b" if self.path.exists() else "w+b") as fh:
-            fh.seek(first_slot * self.row_bytes)
-            fh.write(data.tobytes())
-            fh.flush()
-            os.fsync(fh.fileno())
+        norms: np.ndarray = np.linalg.norm(data, axis=1).astype("<f4")
+        for path, payload, width in ((self.path, data, self.row_bytes), (self.norm_path, norms, 4)):
+            with open(path, "r+b" if path.exists() else "w+b") as fh:
+                fh.seek(first_slot * width)
+                fh.write(payload.tobytes())
+                fh.flush()
+                os.fsync(fh.fileno())
+        return norms
+
+    def norms(self, start: int) -> np.ndarray:
+        """Norms of committed rows from ``start``: read from the norm file, computed where it falls short."""
+        have = self.norm_path.stat().st_size // 4 if self.norm_path.exists() else 0
+        stored = np.fromfile(self.norm_path, dtype="<f4", count=max(0, min(have, self.rows) - start),
+                             offset=start * 4) if have > start else np.zeros(0, np.float32)
+        done = start + len(stored)
+        if done < self.rows:
+            stored = np.concatenate([stored, np.linalg.norm(self.array()[done:], axis=1).astype(np.float32)])
+        return np.asarray(stored, dtype=np.float32)
 
     def commit(self, rows: int) -> None:
         self.rows = rows
