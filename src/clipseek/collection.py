@@ -564,12 +564,13 @@ class Collection:
         if not doc_ids:
             return {}
         marks = ",".join("?" for _ in doc_ids)
-        rows = self._conn().execute(f"SELECT * FROM documents WHERE id IN ({marks})", doc_ids).fetchall()
-        out = {}
-        for r in rows:
-            fields = {c: r[c] for c in SUMMARY_FIELDS if r[c] is not None}
-            out[int(r["id"])] = {"docid": r["docid"], "fields": fields}
-        return out
+        conn = self._conn()
+        conn.row_factory = None  # plain tuples: the summary path runs once per query
+        rows = conn.execute(f"SELECT id, docid, {', '.join(SUMMARY_FIELDS)} FROM documents WHERE id IN ({marks})",
+                            doc_ids).fetchall()
+        conn.row_factory = sqlite3.Row
+        return {int(r[0]): {"docid": r[1], "fields": {c: v for c, v in zip(SUMMARY_FIELDS, r[2:]) if v is not None}}
+                for r in rows}
 
     def _evaluate(self, node: yql.Node, allowed: set[int] | None, tensors: Mapping[str, Any], plans: list[str]
                   ) -> tuple[set[int] | None, dict[str, dict[int, float]]]:

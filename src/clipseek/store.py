@@ -163,7 +163,8 @@ class VectorFile:
             return np.zeros((0, self.dim), np.float32)
         if self._map is None or len(self._map) < self.rows:
             size = self.path.stat().st_size // self.row_bytes
-            self._map = np.memmap(self.path, dtype="<f4", mode="r", shape=(size, self.dim))
+            # a plain ndarray over the map: memmap's subclass hooks cost more than a small gather
+            self._map = np.memmap(self.path, dtype="<f4", mode="r", shape=(size, self.dim)).view(np.ndarray)
         return self._map[: self.rows]
 
 
