@@ -37,9 +37,11 @@ def _register() -> None:
     from .demo import demo_command
     from .models import models
     from .search import index_command, search_command
+    from .serve import serve_command
 
     main.add_command(index_command)
     main.add_command(search_command)
+    main.add_command(serve_command)
     main.add_command(demo_command)
     main.add_command(models)
     main.add_command(synth_command)

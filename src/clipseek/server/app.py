@@ -1,0 +1,246 @@
+"""The ASGI app (Starlette): request parsing and Vespa-shaped rendering around the library; no search logic."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import threading
+import time
+import urllib.parse
+from typing import Any, Callable
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from .. import query as q
+from ..collection import DOCUMENT_TYPE, SUMMARY_FIELDS, Collection, Document
+from ..errors import ClipseekError, FieldError, QueryError, VectorError, YqlSyntaxError
+from ..models import get_spec, load_model
+from ..models.encoder import Encoder
+from ..tensors import parse_tensor, render_tensor
+
+MAX_BODY = 10 * 1024 * 1024
+_ERRORS = {  # Vespa's codes and summaries (container/protect/Error.java, ErrorMessage.java)
+    3: "Illegal query", 4: "Invalid query parameter", 17: "Bad request.", 18: "Internal server error.",
+}
+
+
+class JSON(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def search_error(code: int, message: str, status: int) -> Response:
+    root = {"id": "toplevel", "relevance": 1.0, "fields": {"totalCount": 0},
+            "errors": [{"code": code, "summary": _ERRORS.get(code, "Error"), "source": "clipseek", "message": message}]}
+    return JSON({"root": root}, status_code=status)
+
+
+class Encoders:
+    """Text encoders by model name, loaded once, shared by requests."""
+
+    def __init__(self, loader: Callable[[str], Encoder] = load_model) -> None:
+        self._loader = loader
+        self._cache: dict[str, Encoder] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, model: str) -> Encoder:
+        with self._lock:
+            if model not in self._cache:
+                self._cache[model] = self._loader(model)
+            return self._cache[model]
+
+
+async def read_body(request: Request) -> bytes:
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise QueryError(f"request body of {len(body)} bytes is over the {MAX_BODY} byte limit")
+    if request.headers.get("content-encoding", "").lower() == "gzip":
+        try:
+            body = gzip.decompress(body)
+        except (OSError, EOFError) as exc:
+            raise QueryError(f"body says Content-Encoding: gzip but is not gzip ({exc})") from None
+    return body
+
+
+def create_app(collection: Collection, *, encoders: Callable[[str], Encoder] | None = None,
+               default_model: str = "ViT-B/32") -> Starlette:
+    """The app serving ``collection``; ``encoders(model)`` gives the text encoder for ``input=`` queries."""
+    encoder_for = encoders or Encoders()
+    source = "clipseek"
+
+    async def status(_: Request) -> Response:
+        return JSON({"application": {"vespa": {"version": "clipseek"}, "meta": {"name": "clipseek"}},
+                     "documents": len(collection)})
+
+    async def search(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            params: dict[str, str] = {}
+            if request.method == "POST" and request.headers.get("content-type", "").startswith("application/json"):
+                body = await read_body(request)
+                if body.strip():
+                    try:
+                        doc = json.loads(body)
+                    except ValueError as exc:
+                        raise QueryError(f"the JSON body is malformed: {exc}") from None
+                    if not isinstance(doc, dict):
+                        raise QueryError("the JSON body must be an object of query parameters")
+                    params.update(q.flatten_body(doc))
+            params.update(request.query_params)
+            req = q.SearchRequest.from_params(params)
+            result = await asyncio.to_thread(q.run, collection, req, encoder_for, default_model)
+        except YqlSyntaxError as exc:
+            return search_error(3, str(exc), 400)
+        except ClipseekError as exc:
+            return search_error(4, str(exc), 400)
+        children = []
+        for hit in result.hits:
+            doc_id = f"id:{collection.namespace}:{DOCUMENT_TYPE}::{hit.docid}"
+            fields = {"sddocname": DOCUMENT_TYPE, "documentid": doc_id, **hit.fields}
+            children.append({"id": doc_id, "relevance": hit.relevance, "source": source, "fields": fields})
+        root: dict[str, Any] = {
+            "id": "toplevel", "relevance": 1.0, "fields": {"totalCount": result.total_count},
+            "coverage": {"coverage": 100, "documents": result.documents, "full": True, "nodes": 1, "results": 1,
+                         "resultsFull": 1},
+        }
+        if children:
+            root["children"] = children
+        out: dict[str, Any] = {}
+        if req.timing:
+            elapsed = time.perf_counter() - started
+            out["timing"] = {"querytime": elapsed, "summaryfetchtime": 0.0, "searchtime": elapsed}
+        out["root"] = root
+        return JSON(out)
+
+    def doc_error(path: str, message: str, status: int, doc_id: str | None = None) -> Response:
+        body = {"pathId": path, "message": message}
+        if doc_id:
+            body["id"] = doc_id
+        return JSON(body, status_code=status)
+
+    def doc_path(request: Request) -> tuple[str, str, str]:
+        ns = request.path_params["namespace"]
+        dtype = request.path_params["doctype"]
+        if dtype != DOCUMENT_TYPE:
+            raise FieldError(f"Document type {dtype} does not exist: this server has only {DOCUMENT_TYPE}")
+        raw = request.path_params.get("docid", "")
+        return ns, urllib.parse.unquote(raw), f"id:{ns}:{DOCUMENT_TYPE}::{urllib.parse.unquote(raw)}"
+
+    def to_document(docid: str, fields: dict[str, Any]) -> Document:
+        doc = Document(docid)
+        for name, value in fields.items():
+            if name in SUMMARY_FIELDS:
+                setattr(doc, name, value)
+            else:
+                fname = ensure_field(name)
+                doc.vectors[fname] = parse_tensor(value, f"field {name}")
+        return doc
+
+    def ensure_field(name: str) -> str:
+        if name in collection.fields:
+            return name
+        if name.endswith("_image"):
+            try:
+                spec = get_spec(name[: -len("_image")])
+            except ClipseekError:
+                spec = None
+            if spec is not None:
+                collection.add_field(name, spec.name, spec.embed_dim)
+                return name
+        valid = ", ".join([*SUMMARY_FIELDS, *sorted(collection.fields)])
+        raise FieldError(f"No field '{name}' in the structure of type '{DOCUMENT_TYPE}'; fields are: {valid}")
+
+    def render_doc(doc: Document, ns: str, form: str) -> dict[str, Any]:
+        fields: dict[str, Any] = dict(doc.attributes())
+        for name, vec in doc.vectors.items():
+            fields[name] = render_tensor(vec, form)
+        return {"id": f"id:{ns}:{DOCUMENT_TYPE}::{doc.docid}", "fields": fields}
+
+    async def document(request: Request) -> Response:
+        path = request.url.path
+        try:
+            ns, docid, full_id = doc_path(request)
+            if not docid:
+                if request.method in ("GET", "DELETE"):
+                    return await visit(request)
+                raise QueryError("empty document id")
+            form = request.query_params.get("format.tensors", "short")
+            if request.method == "GET":
+                doc = await asyncio.to_thread(collection.get, docid)
+                if doc is None:
+                    return JSON({"pathId": path, "id": full_id}, status_code=404)
+                return JSON({"pathId": path, **render_doc(doc, ns, form)})
+            if request.method == "DELETE":
+                await asyncio.to_thread(collection.remove, docid)
+                return JSON({"pathId": path, "id": full_id})
+            body = await read_body(request)
+            try:
+                payload = json.loads(body or b"{}")
+            except ValueError as exc:
+                raise QueryError(f"the JSON body is malformed: {exc}") from None
+            fields = payload.get("fields", {}) if isinstance(payload, dict) else None
+            if not isinstance(fields, dict):
+                raise QueryError("the body must be a JSON object with a 'fields' object")
+            if request.method == "POST":
+                await asyncio.to_thread(collection.put, to_document(docid, fields))
+                return JSON({"pathId": path, "id": full_id})
+            create = request.query_params.get("create", "false").lower() == "true"
+            attributes, vectors = {}, {}
+            for name, op in fields.items():
+                if not isinstance(op, dict) or set(op) != {"assign"}:
+                    raise QueryError(f"field {name}: only {{\"assign\": value}} updates are supported")
+                if name in SUMMARY_FIELDS:
+                    attributes[name] = op["assign"]
+                else:
+                    fname = ensure_field(name)
+                    vectors[fname] = parse_tensor(op["assign"], f"field {name}")
+            await asyncio.to_thread(collection.update, docid, attributes=attributes, vectors=vectors, create=create)
+            return JSON({"pathId": path, "id": full_id})
+        except (FieldError, QueryError, VectorError) as exc:
+            return doc_error(path, str(exc), 400)
+
+    async def visit(request: Request) -> Response:
+        path = request.url.path
+        try:
+            ns, _, _ = doc_path(request)
+            cont = request.query_params.get("continuation")
+            start = int(cont) if cont and cont.isdigit() else 0
+            wanted = min(max(int(request.query_params.get("wantedDocumentCount", "100") or 100), 1), 1000)
+            form = request.query_params.get("format.tensors", "short")
+        except (ValueError, FieldError) as exc:
+            return doc_error(path, str(exc), 400)
+        docs, nxt = await asyncio.to_thread(lambda: collection.visit(continuation=start, count=wanted))
+        if request.method == "DELETE":
+            for d in docs:
+                await asyncio.to_thread(collection.remove, d.docid)
+            nxt = start if nxt is not None else None  # removed rows no longer precede the cursor
+        body: dict[str, Any] = {"pathId": path, "documents": [render_doc(d, ns, form) for d in docs]
+                                if request.method == "GET" else [], "documentCount": len(docs)}
+        if nxt is not None:
+            body["continuation"] = str(nxt)
+        return JSON(body)
+
+    async def status_page(_: Request) -> Response:
+        return PlainTextResponse("OK")
+
+    routes = [
+        Route("/ApplicationStatus", status),
+        Route("/status.html", status_page),
+        Route("/search/", search, methods=["GET", "POST"]),
+        Route("/search", search, methods=["GET", "POST"]),
+        Route("/document/v1/{namespace}/{doctype}/docid/{docid:path}", document,
+              methods=["GET", "POST", "PUT", "DELETE"]),
+        Route("/document/v1/{namespace}/{doctype}/docid", visit, methods=["GET", "DELETE"]),
+    ]
+
+    async def fallback(request: Request, exc: Exception) -> Response:
+        return search_error(18, f"internal error: {type(exc).__name__}: {exc}", 500)
+
+    app = Starlette(routes=routes, exception_handlers={Exception: fallback})
+    app.state.collection = collection
+    return app
+

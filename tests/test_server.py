@@ -1,0 +1,200 @@
+"""`clipseek serve` on a real uvicorn at 127.0.0.1, driven by pyvespa (unchanged) and plain HTTP."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipseek import load_model, synth
+from clipseek.collection import Collection
+from clipseek.indexer import Indexer
+
+vespa_app = pytest.importorskip("vespa.application")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    base = tmp_path_factory.mktemp("serve")
+    gallery = synth.write_dataset(base / "g", 80, seed=61)
+    coll_dir = base / "c"
+    with Collection.create(coll_dir) as coll:
+        Indexer(coll, load_model("tiny")).run([gallery / "images"])
+    port = free_port()
+    env = dict(os.environ, CLIPSEEK_HOME=str(base / "home"), CLIPSEEK_CACHE=str(base / "cache"))
+    proc = subprocess.Popen([sys.executable, "-m", "clipseek.cli", "serve", "--collection", str(coll_dir),
+                             "--port", str(port), "--model", "tiny"], env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url + "/ApplicationStatus", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("server did not start: " + proc.stderr.read())
+    captions = [line.split("\t", 1) for line in (gallery / "captions.txt").read_text().splitlines()]
+    yield url, port, captions, coll_dir
+    proc.terminate()
+    proc.wait(10)
+
+
+def library_ranking(coll_dir, caption, k=5):
+    """What the library itself returns for a caption: the server must agree exactly."""
+    model = load_model("tiny")
+    with Collection.open(coll_dir, readonly=True) as coll:
+        res = coll.search(model.embed_texts([caption])[0], field="tiny_image", hits=k, target_hits=100)
+    return [h.fields["image_file_name"] for h in res.hits], [h.relevance for h in res.hits]
+
+
+def http(url, data=None, method=None, headers=None):
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_startup_line_and_status(served):
+    url, _, _, _ = served
+    status, body = http(url + "/ApplicationStatus")
+    assert status == 200 and body["documents"] == 80
+
+
+def test_pyvespa_text_query_finds_the_right_image(served):
+    url, port, captions, coll_dir = served
+    app = vespa_app.Vespa(url="http://127.0.0.1", port=port)
+    name, caption = captions[17]
+    res = app.query(body={"input": caption, "ranking": "tiny_similarity", "hits": 3})
+    assert res.is_successful()
+    names, relevance = library_ranking(coll_dir, caption, 3)
+    assert [h["fields"]["image_file_name"] for h in res.hits] == names and name in names
+    assert [h["relevance"] for h in res.hits] == pytest.approx(relevance, abs=1e-9)
+    assert res.number_documents_indexed == 80 and len(res.hits) == 3
+    assert res.hits[0]["id"].startswith("id:default:image_search::")
+    assert res.hits[0]["fields"]["sddocname"] == "image_search"
+
+
+def test_pyvespa_yql_with_query_tensor(served):
+    url, port, captions, coll_dir = served
+    name, caption = captions[40]
+    vec = load_model("tiny").embed_texts([caption])[0].tolist()
+    app = vespa_app.Vespa(url="http://127.0.0.1", port=port)
+    res = app.query(body={"yql": "select * from sources * where {targetHits:10}nearestNeighbor(tiny_image, tiny_text)",
+                          "input.query(tiny_text)": vec, "ranking.profile": "tiny_similarity", "hits": 1})
+    assert res.hits[0]["fields"]["image_file_name"] == library_ranking(coll_dir, caption, 1)[0][0]
+    assert 0 < res.hits[0]["relevance"] <= 1
+
+
+def test_seed_readme_query_shape(served):
+    url, _, _, _ = served
+    status, body = http(url + "/search/?input=a+child+playing+football")
+    assert status == 200
+    root = body["root"]
+    assert list(root)[:4] == ["id", "relevance", "fields", "coverage"] and root["id"] == "toplevel"
+    assert root["fields"]["totalCount"] == 80  # targetHits 100 over 80 documents
+    assert len(root["children"]) == 10
+    child = root["children"][0]
+    assert set(child) == {"id", "relevance", "source", "fields"}
+    assert child["relevance"] >= root["children"][1]["relevance"]
+
+
+def test_gzipped_post_body_like_pyvespa(served):
+    url, _, captions, coll_dir = served
+    body = gzip.compress(json.dumps({"input": captions[5][1], "hits": 1, "presentation": {"timing": True}}).encode())
+    status, out = http(url + "/search/", data=body, method="POST",
+                       headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert status == 200
+    assert out["root"]["children"][0]["fields"]["image_file_name"] == library_ranking(coll_dir, captions[5][1])[0][0]
+    assert list(out) == ["timing", "root"] and out["timing"]["searchtime"] > 0
+
+
+@pytest.mark.parametrize("params, code", [
+    ({"yql": "select * from sources * where nearestNeighbor(tiny_image, q)"}, 3),
+    ({"yql": "select * from sources * where {targetHits:5}nearestNeighbor(tiny_image, q)",
+      "input.query(q)": "[1,2,3]"}, 4),
+    ({"yql": "select * from sources * where {targetHits:5}nearestNeighbor(tiny_image, q)",
+      "input.query(q)": "[\"a\"]"}, 4),
+    ({"input": "x", "ranking": "nope_similarity"}, 4),
+    ({"input": "   "}, 4),
+    ({"hits": "many", "input": "x"}, 4),
+])
+def test_bad_queries_are_vespa_shaped_400s(served, params, code):
+    url, _, _, _ = served
+    status, body = http(url + "/search/?" + urllib.parse.urlencode(params))
+    assert status == 400
+    err = body["root"]["errors"][0]
+    assert err["code"] == code and err["summary"] and err["message"]
+
+
+def test_pyvespa_feed_get_update_delete_visit(served):
+    url, port, _, _ = served
+    app = vespa_app.Vespa(url="http://127.0.0.1", port=port)
+    rng = np.random.default_rng(0)
+    docs = [{"id": f"fed{i}", "fields": {"image_file_name": f"fed{i}.png", "tiny_image": rng.standard_normal(96).tolist()}}
+            for i in range(20)]
+    results = []
+    app.feed_iterable(docs, schema="image_search", namespace="default", callback=lambda r, i: results.append(r))
+    assert len(results) == 20 and all(r.is_successful() for r in results)
+    got = app.get_data(schema="image_search", data_id="fed3", namespace="default")
+    assert got.is_successful()
+    fields = got.json["fields"]
+    assert fields["image_file_name"] == "fed3.png"
+    np.testing.assert_allclose(fields["tiny_image"]["values"], docs[3]["fields"]["tiny_image"], rtol=1e-6)
+    assert fields["tiny_image"]["type"] == "tensor<float>(x[96])"
+    res = app.query(body={"yql": "select * from sources * where {targetHits:5}nearestNeighbor(tiny_image, q)",
+                          "input.query(q)": docs[3]["fields"]["tiny_image"], "hits": 1})
+    assert res.hits[0]["fields"]["image_file_name"] == "fed3.png"
+    upd = app.update_data(schema="image_search", data_id="fed3", fields={"image_file_name": "renamed.png"},
+                          namespace="default")
+    assert upd.is_successful()
+    assert app.get_data(schema="image_search", data_id="fed3", namespace="default").json["fields"][
+        "image_file_name"] == "renamed.png"
+    assert app.delete_data(schema="image_search", data_id="fed3", namespace="default").is_successful()
+    missing = app.get_data(schema="image_search", data_id="fed3", namespace="default")
+    assert missing.status_code == 404
+    seen = []
+    cont = None
+    while True:
+        q = "wantedDocumentCount=30" + (f"&continuation={cont}" if cont else "")
+        status, page = http(f"{url}/document/v1/default/image_search/docid/?{q}")
+        assert status == 200
+        seen += [d["id"] for d in page["documents"]]
+        cont = page.get("continuation")
+        if not cont:
+            break
+    assert len(seen) == 99 and "id:default:image_search::fed3" not in seen
+
+
+def test_document_api_errors(served):
+    url, _, _, _ = served
+    status, body = http(url + "/document/v1/default/music/docid/x", data=b'{"fields":{}}', method="POST",
+                        headers={"Content-Type": "application/json"})
+    assert status == 400 and "music" in body["message"]
+    status, body = http(url + "/document/v1/default/image_search/docid/x", method="POST",
+                        data=json.dumps({"fields": {"tiny_image": [1, 2]}}).encode())
+    assert status == 400 and "96" in body["message"]
+    status, body = http(url + "/document/v1/default/image_search/docid/x", method="POST",
+                        data=json.dumps({"fields": {"color": "red"}}).encode())
+    assert status == 400 and "No field 'color'" in body["message"]
+    status, body = http(url + "/document/v1/default/image_search/docid/x", method="POST", data=b"{nope")
+    assert status == 400 and "malformed" in body["message"]
