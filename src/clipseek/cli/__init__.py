@@ -35,6 +35,7 @@ def main() -> None:
 def _register() -> None:
     from .data import synth_command, train_tiny_command
     from .demo import demo_command
+    from .evaluate import eval_command
     from .models import models
     from .search import index_command, search_command
     from .serve import serve_command
@@ -43,6 +44,7 @@ def _register() -> None:
     main.add_command(search_command)
     main.add_command(serve_command)
     main.add_command(demo_command)
+    main.add_command(eval_command)
     main.add_command(models)
     main.add_command(synth_command)
     main.add_command(train_tiny_command)
