@@ -198,3 +198,43 @@ def test_document_api_errors(served):
     assert status == 400 and "No field 'color'" in body["message"]
     status, body = http(url + "/document/v1/default/image_search/docid/x", method="POST", data=b"{nope")
     assert status == 400 and "malformed" in body["message"]
+
+
+def test_queries_are_served_while_clipseek_index_writes(tmp_path):
+    first = synth.write_dataset(tmp_path / "g1", 40, seed=71)
+    second = synth.write_dataset(tmp_path / "g2", 200, seed=72)
+    coll_dir = tmp_path / "c"
+    env = dict(os.environ, CLIPSEEK_HOME=str(tmp_path / "home"), CLIPSEEK_CACHE=str(tmp_path / "cache"))
+    cli = [sys.executable, "-m", "clipseek.cli"]
+    subprocess.run(cli + ["index", str(first / "images"), "--collection", str(coll_dir), "--model", "tiny"],
+                   check=True, env=env, capture_output=True)
+    port = free_port()
+    server = subprocess.Popen(cli + ["serve", "--collection", str(coll_dir), "--port", str(port), "--model", "tiny"],
+                              env=env, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/search/?"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(url.replace("/search/?", "/ApplicationStatus"), timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        indexer = subprocess.Popen(cli + ["index", str(second / "images"), "--collection", str(coll_dir),
+                                          "--model", "tiny", "--batch-size", "8"], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        counts = []
+        while indexer.poll() is None:
+            status, body = http(url + urllib.parse.urlencode({"input": "a red circle", "hits": 1}))
+            assert status == 200
+            counts.append(body["root"]["coverage"]["documents"])
+        out = indexer.stdout.read()
+        assert indexer.returncode == 0, out
+        assert "200 indexed" in out
+        name, caption = (second / "captions.txt").read_text().splitlines()[3].split("\t", 1)
+        status, body = http(url + urllib.parse.urlencode({"input": caption, "hits": 5}))
+        assert body["root"]["coverage"]["documents"] == 240
+        assert name in [c["fields"]["image_file_name"] for c in body["root"]["children"]]
+        assert len(counts) >= 3 and counts[0] >= 40 and counts == sorted(counts)  # never went backwards
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -30,7 +30,10 @@ def serve_command(collection_dir: Path | None, host: str, port: int, default_mod
     from ..collection import Collection
     from ..server import create_app
 
-    with Collection.open(collection_path(collection_dir), create=True) as coll:
-        app = create_app(coll, default_model=default_model)
-        click.echo(f"clipseek serving {coll.path} ({len(coll)} documents) at http://{host}:{port}/", err=True)
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+    path = collection_path(collection_dir)
+    if not (path / "collection.sqlite").exists():
+        Collection.create(path).close()
+    app = create_app(path, default_model=default_model)
+    count = len(app.state.shared.for_search())
+    click.echo(f"clipseek serving {path} ({count} documents) at http://{host}:{port}/", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

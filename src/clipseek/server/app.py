@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -17,7 +19,7 @@ from starlette.routing import Route
 
 from .. import query as q
 from ..collection import DOCUMENT_TYPE, SUMMARY_FIELDS, Collection, Document
-from ..errors import ClipseekError, FieldError, QueryError, VectorError, YqlSyntaxError
+from ..errors import ClipseekError, CollectionLockedError, FieldError, QueryError, VectorError, YqlSyntaxError
 from ..models import get_spec, load_model
 from ..models.encoder import Encoder
 from ..tensors import parse_tensor, render_tensor
@@ -54,6 +56,50 @@ class Encoders:
             return self._cache[model]
 
 
+class Shared:
+    """The served collection: a reader for searches, a writer taken for document-API writes and released when
+    idle, so that a `clipseek index` run can write the same collection while the server keeps answering."""
+
+    def __init__(self, path: Path, idle_seconds: float = 20.0) -> None:
+        self.path = path
+        self.idle_seconds = idle_seconds
+        self._reader = Collection.open(path, readonly=True)
+        self._writer: Collection | None = None
+        self._last_write = 0.0
+        self._lock = threading.Lock()
+
+    def for_search(self) -> Collection:
+        with self._lock:
+            return self._writer or self._reader
+
+    def for_write(self) -> Collection:
+        with self._lock:
+            if self._writer is None:
+                try:
+                    self._writer = Collection.open(self.path)
+                except CollectionLockedError as exc:
+                    raise Busy(str(exc)) from exc
+            self._last_write = time.monotonic()
+            return self._writer
+
+    def release_idle(self) -> None:
+        with self._lock:
+            if self._writer is not None and time.monotonic() - self._last_write > self.idle_seconds:
+                self._writer.close()
+                self._writer = None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+            self._reader.close()
+
+
+class Busy(ClipseekError):
+    """Another process holds the write lock: answered with 503, which Vespa clients retry."""
+
+
 async def read_body(request: Request) -> bytes:
     body = await request.body()
     if len(body) > MAX_BODY:
@@ -66,15 +112,16 @@ async def read_body(request: Request) -> bytes:
     return body
 
 
-def create_app(collection: Collection, *, encoders: Callable[[str], Encoder] | None = None,
+def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
                default_model: str = "ViT-B/32") -> Starlette:
-    """The app serving ``collection``; ``encoders(model)`` gives the text encoder for ``input=`` queries."""
+    """The app serving the collection at ``path``; ``encoders(model)`` gives the text encoder for ``input=``."""
     encoder_for = encoders or Encoders()
+    shared = Shared(path)
     source = "clipseek"
 
     async def status(_: Request) -> Response:
         return JSON({"application": {"vespa": {"version": "clipseek"}, "meta": {"name": "clipseek"}},
-                     "documents": len(collection)})
+                     "documents": len(shared.for_search())})
 
     async def search(request: Request) -> Response:
         started = time.perf_counter()
@@ -92,6 +139,7 @@ def create_app(collection: Collection, *, encoders: Callable[[str], Encoder] | N
                     params.update(q.flatten_body(doc))
             params.update(request.query_params)
             req = q.SearchRequest.from_params(params)
+            collection = shared.for_search()
             result = await asyncio.to_thread(q.run, collection, req, encoder_for, default_model)
         except YqlSyntaxError as exc:
             return search_error(3, str(exc), 400)
@@ -130,17 +178,17 @@ def create_app(collection: Collection, *, encoders: Callable[[str], Encoder] | N
         raw = request.path_params.get("docid", "")
         return ns, urllib.parse.unquote(raw), f"id:{ns}:{DOCUMENT_TYPE}::{urllib.parse.unquote(raw)}"
 
-    def to_document(docid: str, fields: dict[str, Any]) -> Document:
+    def to_document(collection: Collection, docid: str, fields: dict[str, Any]) -> Document:
         doc = Document(docid)
         for name, value in fields.items():
             if name in SUMMARY_FIELDS:
                 setattr(doc, name, value)
             else:
-                fname = ensure_field(name)
+                fname = ensure_field(collection, name)
                 doc.vectors[fname] = parse_tensor(value, f"field {name}")
         return doc
 
-    def ensure_field(name: str) -> str:
+    def ensure_field(collection: Collection, name: str) -> str:
         if name in collection.fields:
             return name
         if name.endswith("_image"):
@@ -170,10 +218,11 @@ def create_app(collection: Collection, *, encoders: Callable[[str], Encoder] | N
                 raise QueryError("empty document id")
             form = request.query_params.get("format.tensors", "short")
             if request.method == "GET":
-                doc = await asyncio.to_thread(collection.get, docid)
+                doc = await asyncio.to_thread(shared.for_search().get, docid)
                 if doc is None:
                     return JSON({"pathId": path, "id": full_id}, status_code=404)
                 return JSON({"pathId": path, **render_doc(doc, ns, form)})
+            collection = shared.for_write()
             if request.method == "DELETE":
                 await asyncio.to_thread(collection.remove, docid)
                 return JSON({"pathId": path, "id": full_id})
@@ -186,7 +235,7 @@ def create_app(collection: Collection, *, encoders: Callable[[str], Encoder] | N
             if not isinstance(fields, dict):
                 raise QueryError("the body must be a JSON object with a 'fields' object")
             if request.method == "POST":
-                await asyncio.to_thread(collection.put, to_document(docid, fields))
+                await asyncio.to_thread(collection.put, to_document(collection, docid, fields))
                 return JSON({"pathId": path, "id": full_id})
             create = request.query_params.get("create", "false").lower() == "true"
             attributes, vectors = {}, {}
@@ -196,10 +245,12 @@ def create_app(collection: Collection, *, encoders: Callable[[str], Encoder] | N
                 if name in SUMMARY_FIELDS:
                     attributes[name] = op["assign"]
                 else:
-                    fname = ensure_field(name)
+                    fname = ensure_field(collection, name)
                     vectors[fname] = parse_tensor(op["assign"], f"field {name}")
             await asyncio.to_thread(collection.update, docid, attributes=attributes, vectors=vectors, create=create)
             return JSON({"pathId": path, "id": full_id})
+        except Busy as exc:
+            return doc_error(path, str(exc), 503)
         except (FieldError, QueryError, VectorError) as exc:
             return doc_error(path, str(exc), 400)
 
@@ -213,10 +264,15 @@ def create_app(collection: Collection, *, encoders: Callable[[str], Encoder] | N
             form = request.query_params.get("format.tensors", "short")
         except (ValueError, FieldError) as exc:
             return doc_error(path, str(exc), 400)
-        docs, nxt = await asyncio.to_thread(lambda: collection.visit(continuation=start, count=wanted))
+        reader = shared.for_search()
+        docs, nxt = await asyncio.to_thread(lambda: reader.visit(continuation=start, count=wanted))
         if request.method == "DELETE":
+            try:
+                writer = shared.for_write()
+            except Busy as exc:
+                return doc_error(path, str(exc), 503)
             for d in docs:
-                await asyncio.to_thread(collection.remove, d.docid)
+                await asyncio.to_thread(writer.remove, d.docid)
             nxt = start if nxt is not None else None  # removed rows no longer precede the cursor
         body: dict[str, Any] = {"pathId": path, "documents": [render_doc(d, ns, form) for d in docs]
                                 if request.method == "GET" else [], "documentCount": len(docs)}
@@ -240,7 +296,20 @@ def create_app(collection: Collection, *, encoders: Callable[[str], Encoder] | N
     async def fallback(request: Request, exc: Exception) -> Response:
         return search_error(18, f"internal error: {type(exc).__name__}: {exc}", 500)
 
-    app = Starlette(routes=routes, exception_handlers={Exception: fallback})
-    app.state.collection = collection
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        async def janitor() -> None:
+            while True:
+                await asyncio.sleep(2)
+                await asyncio.to_thread(shared.release_idle)
+        task = asyncio.create_task(janitor())
+        try:
+            yield
+        finally:
+            task.cancel()
+            shared.close()
+
+    app = Starlette(routes=routes, exception_handlers={Exception: fallback}, lifespan=lifespan)
+    app.state.shared = shared
     return app
 
