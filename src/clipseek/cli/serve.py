@@ -16,7 +16,11 @@ from .search import collection_option, collection_path
 @click.option("--port", default=8080, show_default=True, help="Port to listen on.")
 @click.option("--model", "default_model", default=DEFAULT_MODEL, show_default=True,
               help="Model for `input=` text queries when the rank profile names none.")
-def serve_command(collection_dir: Path | None, host: str, port: int, default_model: str) -> None:
+@click.option("--token", envvar="CLIPSEEK_TOKEN", show_envvar=True, default=None,
+              help="Require 'Authorization: Bearer TOKEN' on every request.")
+@click.option("--insecure", is_flag=True, help="Allow binding to a non-loopback address without a token.")
+def serve_command(collection_dir: Path | None, host: str, port: int, default_model: str, token: str | None,
+                  insecure: bool) -> None:
     """Serve Vespa's /search/ and /document/v1/ APIs over the collection.
 
     \b
@@ -25,15 +29,24 @@ def serve_command(collection_dir: Path | None, host: str, port: int, default_mod
       Vespa("http://127.0.0.1", 8080).query(body={"input": "a child playing football"})
       vespa query -t http://127.0.0.1:8080 'input=a child playing football'
     """
+    import ipaddress
+
     import uvicorn
 
     from ..collection import Collection
     from ..server import create_app
 
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not token and not insecure:
+        raise click.UsageError(f"binding to {host} exposes your photos to the network: pass --token SECRET "
+                               "(or set CLIPSEEK_TOKEN), or --insecure if that is really what you want")
     path = collection_path(collection_dir)
     if not (path / "collection.sqlite").exists():
         Collection.create(path).close()
-    app = create_app(path, default_model=default_model)
+    app = create_app(path, default_model=default_model, token=token)
     count = len(app.state.shared.for_search())
     click.echo(f"clipseek serving {path} ({count} documents) at http://{host}:{port}/", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import hmac
 import json
 import threading
 import time
@@ -15,6 +16,7 @@ from typing import Any, AsyncIterator, Callable
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from .. import query as q
@@ -23,6 +25,7 @@ from ..errors import ClipseekError, CollectionLockedError, FieldError, QueryErro
 from ..models import get_spec, load_model
 from ..models.encoder import Encoder
 from ..tensors import parse_tensor, render_tensor
+from . import native
 
 MAX_BODY = 10 * 1024 * 1024
 _ERRORS = {  # Vespa's codes and summaries (container/protect/Error.java, ErrorMessage.java)
@@ -96,6 +99,26 @@ class Shared:
             self._reader.close()
 
 
+class TokenAuth:
+    """Every request must carry the token: a bearer header, or ``token=`` for links (images in a page)."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app, self.token = app, token
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            request = Request(scope)
+            given = request.headers.get("authorization", "")
+            if not (hmac.compare_digest(given, f"Bearer {self.token}")
+                    or hmac.compare_digest(request.query_params.get("token", ""), self.token)):
+                response = JSON({"error": {"status": 401, "type": "Unauthorized",
+                                           "message": "this server needs a token: send 'Authorization: Bearer TOKEN'"}},
+                                status_code=401)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class Busy(ClipseekError):
     """Another process holds the write lock: answered with 503, which Vespa clients retry."""
 
@@ -113,8 +136,10 @@ async def read_body(request: Request) -> bytes:
 
 
 def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
-               default_model: str = "ViT-B/32") -> Starlette:
-    """The app serving the collection at ``path``; ``encoders(model)`` gives the text encoder for ``input=``."""
+               default_model: str = "ViT-B/32", token: str | None = None) -> Starlette:
+    """The app serving the collection at ``path``; ``encoders(model)`` gives the text encoder for ``input=``.
+
+    With ``token``, every route needs ``Authorization: Bearer <token>`` (or ``?token=``)."""
     encoder_for = encoders or Encoders()
     shared = Shared(path)
     source = "clipseek"
@@ -309,7 +334,10 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
             task.cancel()
             shared.close()
 
-    app = Starlette(routes=routes, exception_handlers={Exception: fallback}, lifespan=lifespan)
+    routes += native.routes(shared.for_search, encoder_for, default_model)
+    middleware = [Middleware(TokenAuth, token=token)] if token else []
+    app = Starlette(routes=routes, exception_handlers={Exception: fallback}, lifespan=lifespan,
+                    middleware=middleware)
     app.state.shared = shared
     return app
 

@@ -1,0 +1,234 @@
+"""The native JSON API (for the page and scripts): text, image upload, more-like-this and weighted queries,
+filters, thumbnails and originals — of indexed documents only. Errors: ``{"error": {"status", "type", "message"}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from ..collection import MAX_HITS, Collection, Filter
+from ..errors import ClipseekError, FieldError, QueryError
+from ..models.encoder import Encoder, l2_normalize
+from ..transforms import open_image
+
+MAX_UPLOAD = 20 * 1024 * 1024
+THUMB_SIZES = (128, 256, 512)
+
+
+def error(status: int, exc: Exception | str, kind: str | None = None) -> JSONResponse:
+    message = str(exc)
+    return JSONResponse({"error": {"status": status, "type": kind or type(exc).__name__, "message": message}},
+                        status_code=status)
+
+
+def _number(value: Any, name: str, kind: type = float) -> Any:
+    if value is None or value == "":
+        return None
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise QueryError(f"{name} must be a {'whole number' if kind is int else 'number'}, got {value!r}") from None
+
+
+def routes(collection_for: Callable[[], Collection], encoder_for: Callable[[str], Encoder],
+           default_model: str) -> list[Route]:
+    """Routes under ``/api``."""
+
+    def pick_field(coll: Collection, model: str | None) -> tuple[str, str]:
+        fields = coll.fields
+        if not fields:
+            raise FieldError("the collection has no images yet: run `clipseek index PATH` first")
+        if model:
+            for name, info in fields.items():
+                if model in (info.model, name, name[: -len("_image")]):
+                    return name, info.model
+            raise FieldError(f"no vectors of model {model!r}; this collection has: "
+                             f"{', '.join(f.model for f in fields.values())}")
+        for name, info in sorted(fields.items()):
+            if info.model == default_model:
+                return name, info.model
+        name = sorted(fields)[0]
+        return name, fields[name].model
+
+    def filters(params: dict[str, Any]) -> Filter:
+        formats = params.get("format")
+        if isinstance(formats, str):
+            formats = [f for f in formats.split(",") if f]
+        return Filter(folder=params.get("folder") or None, formats=formats or None,
+                      mtime_from=_number(params.get("since"), "since"), mtime_to=_number(params.get("until"), "until"),
+                      min_width=_number(params.get("min_width"), "min_width", int),
+                      min_height=_number(params.get("min_height"), "min_height", int))
+
+    def run(coll: Collection, field: str, model: str, vector: np.ndarray, params: dict[str, Any],
+            query: Any) -> dict[str, Any]:
+        k = _number(params.get("k", 24), "k", int)
+        offset = _number(params.get("offset", 0), "offset", int)
+        threshold = _number(params.get("threshold"), "threshold")
+        if k is None or k < 1 or offset is None or offset < 0:
+            raise QueryError("k must be >= 1 and offset >= 0")
+        k = min(k, MAX_HITS)
+        started = time.perf_counter()
+        res = coll.search(vector, field=field, hits=k, offset=min(offset, 1000), filter=filters(params),
+                          target_hits=min(offset + k, 10_000), model=model)
+        hits = [h for h in res.hits if threshold is None or h.relevance >= threshold]
+        return {"query": query, "model": model, "field": field, "total": res.total_count, "documents": res.documents,
+                "took_ms": round((time.perf_counter() - started) * 1000, 2), "hits": [
+                    {"id": h.docid, "relevance": round(h.relevance, 6), **h.fields,
+                     "url": f"/api/images/{h.docid}", "thumbnail": f"/api/thumbnails/{h.docid}"} for h in hits]}
+
+    def combine(coll: Collection, field: str, model: str, terms: list[Any], uploads: list[bytes]) -> np.ndarray:
+        """Σ weight · vector over text, indexed-image and uploaded-image terms, then normalised."""
+        encoder = encoder_for(model)
+        total = np.zeros(coll.fields[field].dim, dtype=np.float32)
+        for term in terms:
+            if not isinstance(term, dict):
+                raise QueryError("each term is an object: {\"text\": ...} or {\"id\": ...}, with optional weight")
+            weight = _number(term.get("weight", 1.0), "weight")
+            if "text" in term and str(term["text"]).strip():
+                total += weight * encoder.embed_texts([str(term["text"])])[0]
+            elif "id" in term:
+                doc = coll.get(str(term["id"]))
+                if doc is None or field not in doc.vectors:
+                    raise QueryError(f"no indexed image with id {term['id']!r} (and vectors of {model})")
+                total += weight * l2_normalize(doc.vectors[field])
+            else:
+                raise QueryError("a term needs a non-empty 'text' or an 'id'")
+        for data in uploads:
+            total += image_vector(encoder, data)
+        if not np.any(total):
+            raise QueryError("the query is empty: give text, an image or an id")
+        return l2_normalize(total)
+
+    def image_vector(encoder: Encoder, data: bytes) -> np.ndarray:
+        if len(data) > MAX_UPLOAD:
+            raise QueryError(f"upload of {len(data)} bytes is over the {MAX_UPLOAD} byte limit")
+        img, _ = encoder.load(io.BytesIO(data), name="upload")
+        vec: np.ndarray = encoder.embed_pixels(encoder.preprocess_image(img)[None])[0]
+        return vec
+
+    async def guarded(fn: Callable[[], Any]) -> Response:
+        try:
+            return JSONResponse(await asyncio.to_thread(fn))
+        except QueryError as exc:
+            return error(400, exc)
+        except ClipseekError as exc:
+            return error(400, exc)
+
+    async def search_get(request: Request) -> Response:
+        params = dict(request.query_params)
+
+        def go() -> dict[str, Any]:
+            coll = collection_for()
+            field, model = pick_field(coll, params.get("model"))
+            terms: list[Any] = []
+            if params.get("q"):
+                terms.append({"text": params["q"]})
+            if params.get("like"):
+                terms.append({"id": params["like"]})
+            if params.get("not"):
+                terms.append({"text": params["not"], "weight": -0.5})
+            return run(coll, field, model, combine(coll, field, model, terms, []), params, params.get("q") or params.get("like"))
+        return await guarded(go)
+
+    async def search_post(request: Request) -> Response:
+        ctype = request.headers.get("content-type", "")
+        uploads: list[bytes] = []
+        params: dict[str, Any] = dict(request.query_params)
+        terms: list[Any] = []
+        try:
+            if ctype.startswith("multipart/form-data"):
+                form = await request.form(max_part_size=MAX_UPLOAD)
+                for key, value in form.multi_items():
+                    if hasattr(value, "read"):
+                        uploads.append(await value.read())
+                    elif key == "q" and value:
+                        terms.append({"text": value})
+                    else:
+                        params[key] = value
+            elif ctype.startswith("application/json"):
+                body = await request.json()
+                if not isinstance(body, dict):
+                    raise QueryError("the JSON body must be an object")
+                terms = body.get("terms") or []
+                if body.get("q"):
+                    terms.append({"text": body["q"]})
+                params.update({k: v for k, v in body.items() if k not in ("terms", "q")})
+            else:
+                uploads.append(await request.body())
+        except (ValueError, QueryError) as exc:
+            return error(400, exc, "QueryError")
+
+        def go() -> dict[str, Any]:
+            coll = collection_for()
+            field, model = pick_field(coll, params.get("model"))
+            vector = combine(coll, field, model, terms, uploads)
+            return run(coll, field, model, vector, params, terms or "image upload")
+        return await guarded(go)
+
+    def document_path(docid: str) -> Path | None:
+        doc = collection_for().get(docid, with_vectors=False)
+        if doc is None or not doc.path:
+            return None
+        raw = doc.extra.get("path_b64")
+        path = Path(os.fsdecode(base64.b64decode(raw))) if raw else Path(doc.path)
+        return path if path.is_file() else None
+
+    async def original(request: Request) -> Response:
+        path = await asyncio.to_thread(document_path, request.path_params["docid"])
+        if path is None:
+            return error(404, "no indexed image with that id", "NotFound")
+        return FileResponse(path)
+
+    async def thumbnail(request: Request) -> Response:
+        docid = request.path_params["docid"]
+        text = request.query_params.get("size", "256")
+        size = int(text) if text.isdigit() else None
+        if size not in THUMB_SIZES:
+            return error(400, f"size must be one of {', '.join(map(str, THUMB_SIZES))}", "QueryError")
+
+        def make() -> Path | None:
+            path = document_path(docid)
+            if path is None:
+                return None
+            folder = collection_for().path / "thumbnails"
+            target = folder / f"{docid}-{size}.jpg"
+            if not target.exists() or target.stat().st_mtime < path.stat().st_mtime:
+                img, _ = open_image(path, draft_size=size)
+                img.thumbnail((size, size), Image.Resampling.LANCZOS)
+                folder.mkdir(exist_ok=True)
+                tmp = target.with_suffix(".tmp")
+                img.save(tmp, "JPEG", quality=85)
+                os.replace(tmp, target)
+            return target
+        try:
+            target = await asyncio.to_thread(make)
+        except ClipseekError as exc:
+            return error(422, exc)
+        if target is None:
+            return error(404, "no indexed image with that id", "NotFound")
+        return FileResponse(target, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+    async def info(_: Request) -> Response:
+        coll = collection_for()
+        return JSONResponse({"documents": len(coll), "models": [
+            {"field": name, "model": f.model, "dim": f.dim} for name, f in sorted(coll.fields.items())]})
+
+    return [
+        Route("/api/info", info),
+        Route("/api/search", search_get, methods=["GET"]),
+        Route("/api/search", search_post, methods=["POST"]),
+        Route("/api/images/{docid}", original),
+        Route("/api/thumbnails/{docid}", thumbnail),
+    ]
