@@ -20,6 +20,7 @@ from .models.encoder import Encoder
 from .tensors import parse_tensor
 
 DEFAULT_TARGET_HITS = 100
+MAX_INPUT_CHARS = 20_000  # CLIP reads 77 tokens; a longer text is a mistake or an attack
 _TENSOR_PARAM = re.compile(r"^(?:input\.query|ranking\.features\.query|rankfeature\.query)\((?P<name>[^)]+)\)$")
 _ALIASES = {"count": "hits", "start": "offset", "ranking": "ranking.profile", "timing": "presentation.timing",
             "format": "presentation.format", "format.tensors": "presentation.format.tensors",
@@ -90,6 +91,9 @@ class SearchRequest:
             m = _TENSOR_PARAM.match(key)
             if m:
                 req.tensors[m.group("name")] = value
+        if req.text is not None and len(req.text) > MAX_INPUT_CHARS:
+            raise QueryError(f"'input' has {len(req.text):,} characters; at most {MAX_INPUT_CHARS:,} are accepted "
+                             "(CLIP reads only the first 77 tokens)")
         if req.text is not None and not req.text.strip():
             raise QueryError("'input' is empty: give the text to search for, e.g. input=a+child+playing+football")
         if req.yql is None and req.text is None:

@@ -1,4 +1,8 @@
-"""``clipseek serve``: the Vespa-compatible HTTP API over a collection, on uvicorn."""
+"""``clipseek serve``: the Vespa-compatible HTTP API over a collection, on Hypercorn.
+
+Hypercorn answers HTTP/1.1 and HTTP/2 cleartext with prior knowledge on the same port: pyvespa's async feed and
+query paths and `vespa feed` speak only h2c, its sync paths and `vespa query` only HTTP/1.1.
+"""
 
 from __future__ import annotations
 
@@ -29,9 +33,11 @@ def serve_command(collection_dir: Path | None, host: str, port: int, default_mod
       Vespa("http://127.0.0.1", 8080).query(body={"input": "a child playing football"})
       vespa query -t http://127.0.0.1:8080 'input=a child playing football'
     """
+    import asyncio
     import ipaddress
 
-    import uvicorn
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
 
     from ..collection import Collection
     from ..server import create_app
@@ -49,4 +55,8 @@ def serve_command(collection_dir: Path | None, host: str, port: int, default_mod
     app = create_app(path, default_model=default_model, token=token)
     count = len(app.state.shared.for_search())
     click.echo(f"clipseek serving {path} ({count} documents) at http://{host}:{port}/", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.loglevel = "WARNING"
+    config.h11_max_incomplete_size = 64 * 1024  # request line + headers; longer is refused with 400/431
+    asyncio.run(serve(app, config))  # type: ignore[arg-type]
