@@ -22,6 +22,7 @@ from ..collection import MAX_HITS, Collection, Filter
 from ..errors import ClipseekError, FieldError, QueryError
 from ..models.encoder import Encoder, l2_normalize
 from ..transforms import open_image
+from .openapi import SPEC
 
 MAX_UPLOAD = 20 * 1024 * 1024
 THUMB_SIZES = (128, 256, 512)
@@ -225,7 +226,11 @@ def routes(collection_for: Callable[[], Collection], encoder_for: Callable[[str]
         return JSONResponse({"documents": len(coll), "models": [
             {"field": name, "model": f.model, "dim": f.dim} for name, f in sorted(coll.fields.items())]})
 
+    async def spec(_: Request) -> Response:
+        return JSONResponse(SPEC)
+
     return [
+        Route("/api/openapi.json", spec),
         Route("/api/info", info),
         Route("/api/search", search_get, methods=["GET"]),
         Route("/api/search", search_post, methods=["POST"]),

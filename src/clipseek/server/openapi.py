@@ -1,0 +1,75 @@
+"""The native API's OpenAPI 3 description, served at ``/api/openapi.json`` (and fuzzed by the tests)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["status", "type", "message"],
+    "properties": {"status": {"type": "integer"}, "type": {"type": "string"}, "message": {"type": "string"}}}}}
+
+_HIT = {"type": "object", "required": ["id", "relevance", "url", "thumbnail"], "properties": {
+    "id": {"type": "string"}, "relevance": {"type": "number"}, "url": {"type": "string"},
+    "thumbnail": {"type": "string"}, "image_file_name": {"type": "string"}, "path": {"type": "string"},
+    "size": {"type": "integer"}, "mtime": {"type": "number"}, "width": {"type": "integer"},
+    "height": {"type": "integer"}, "format": {"type": "string"}, "content_hash": {"type": "string"},
+    "indexed_at": {"type": "number"}}}
+
+_RESULT = {"type": "object", "required": ["model", "field", "total", "documents", "took_ms", "hits"], "properties": {
+    "query": {}, "model": {"type": "string"}, "field": {"type": "string"}, "total": {"type": "integer"},
+    "documents": {"type": "integer"}, "took_ms": {"type": "number"}, "hits": {"type": "array", "items": _HIT}}}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_Q = [
+    {"name": "model", "in": "query", "schema": {"type": "string"}, "description": "model name or field slug"},
+    {"name": "k", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 400}},
+    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 1000}},
+    {"name": "threshold", "in": "query", "schema": {"type": "number"}},
+    {"name": "folder", "in": "query", "schema": {"type": "string"}},
+    {"name": "format", "in": "query", "schema": {"type": "string"}, "description": "comma-separated, e.g. JPEG,PNG"},
+    {"name": "since", "in": "query", "schema": {"type": "number"}, "description": "mtime lower bound (epoch s)"},
+    {"name": "until", "in": "query", "schema": {"type": "number"}},
+]
+
+SPEC: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "clipseek native API", "version": "1"},
+    "paths": {
+        "/api/info": {"get": {"responses": {"200": _json({"type": "object", "required": ["documents", "models"]},
+                                                         "documents and models of the collection")}}},
+        "/api/search": {
+            "get": {
+                "parameters": [
+                    {"name": "q", "in": "query", "schema": {"type": "string"}, "description": "text query"},
+                    {"name": "like", "in": "query", "schema": {"type": "string"}, "description": "more like this id"},
+                    {"name": "not", "in": "query", "schema": {"type": "string"}, "description": "negative text"},
+                    *_Q,
+                ],
+                "responses": {"200": _json(_RESULT, "ranked hits"), "400": _json(_ERROR, "bad request")},
+            },
+            "post": {
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {
+                    "q": {"type": "string"},
+                    "terms": {"type": "array", "items": {"type": "object", "properties": {
+                        "text": {"type": "string"}, "id": {"type": "string"}, "weight": {"type": "number"}}}},
+                    "k": {"type": "integer", "minimum": 1, "maximum": 400},
+                    "offset": {"type": "integer", "minimum": 0, "maximum": 1000},
+                    "threshold": {"type": "number"}, "model": {"type": "string"}}}}}},
+                "responses": {"200": _json(_RESULT, "ranked hits"), "400": _json(_ERROR, "bad request")},
+            },
+        },
+        "/api/images/{docid}": {"get": {
+            "parameters": [{"name": "docid", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "the original file"}, "404": _json(_ERROR, "not indexed")}}},
+        "/api/thumbnails/{docid}": {"get": {
+            "parameters": [{"name": "docid", "in": "path", "required": True, "schema": {"type": "string"}},
+                           {"name": "size", "in": "query", "schema": {"type": "integer", "enum": [128, 256, 512]}}],
+            "responses": {"200": {"description": "JPEG thumbnail", "content": {"image/jpeg": {}}},
+                          "400": _json(_ERROR, "bad size"), "404": _json(_ERROR, "not indexed"),
+                          "422": _json(_ERROR, "the file can no longer be decoded")}}},
+    },
+}
