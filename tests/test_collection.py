@@ -289,3 +289,15 @@ def test_reader_maps_the_graph_and_follows_the_writer(tmp_path):
     res = reader.search(q, field="tiny_image", hits=2)
     assert res.plan == "hnsw" and res.hits[0].docid == "new" and "d7" not in [h.docid for h in res.hits]
     reader.close()
+
+
+def test_graph_first_then_onnxruntime_does_not_crash():
+    # onnxruntime 1.32 segfaults when imported after usearch; a server maps the graph before it loads a model
+    import subprocess
+    import sys
+    code = ("from clipseek.index import AnnIndex, HnswParams\n"
+            "AnnIndex(4, HnswParams())\n"
+            "import onnxruntime\n"
+            "print('ok')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-500:]

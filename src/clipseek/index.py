@@ -54,6 +54,7 @@ class AnnIndex:
     """An HNSW graph over slots of one field; thread-safe; snapshots to ``<dir>/<field>.<n>.usearch``."""
 
     def __init__(self, dim: int, params: HnswParams) -> None:
+        import onnxruntime  # noqa: F401  loaded first: importing it after usearch segfaults (ORT 1.32, usearch 2.26)
         from usearch.index import Index
 
         self.dim, self.params = dim, params

@@ -47,8 +47,8 @@ def search_error(code: int, message: str, status: int) -> Response:
 class Encoders:
     """Text encoders by model name, loaded once, shared by requests."""
 
-    def __init__(self, loader: Callable[[str], Encoder] = load_model) -> None:
-        self._loader = loader
+    def __init__(self, loader: Callable[[str], Encoder] | None = None, precision: str = "fp32") -> None:
+        self._loader = loader or (lambda name: load_model(name, precision=precision))  # type: ignore[arg-type]
         self._cache: dict[str, Encoder] = {}
         self._lock = threading.Lock()
 
@@ -136,11 +136,11 @@ async def read_body(request: Request) -> bytes:
 
 
 def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
-               default_model: str = "ViT-B/32", token: str | None = None) -> Starlette:
+               default_model: str = "ViT-B/32", token: str | None = None, precision: str = "fp32") -> Starlette:
     """The app serving the collection at ``path``; ``encoders(model)`` gives the text encoder for ``input=``.
 
     With ``token``, every route needs ``Authorization: Bearer <token>`` (or ``?token=``)."""
-    encoder_for = encoders or Encoders()
+    encoder_for = encoders or Encoders(precision=precision)
     shared = Shared(path)
     source = "clipseek"
 
