@@ -65,7 +65,7 @@ def main() -> None:
     rows = []
     for explore in (0, 10, 20, 40, 60, 90, 140, 200):
         t = time.perf_counter()
-        found = [[int(h.docid) for h in coll.search(q, field="vit_b_32_image", hits=10,
+        found = [[int(h.docid) for h in coll.search(q, field="vit_b_32_image", hits=10, target_hits=10,
                                                     explore_additional_hits=explore).hits] for q in queries]
         qps = len(queries) / (time.perf_counter() - t)
         rows.append((explore, recall(found, truth), qps))

@@ -32,6 +32,7 @@ DOCUMENT_TYPE = "image_search"
 MAX_HITS = 400
 MAX_TARGET_HITS = 10_000
 MAX_OFFSET = 1000
+DEFAULT_TARGET_HITS = 100  # the seed's TextEmbeddingSearcher; a small beam costs recall for little speed
 SUMMARY_FIELDS = ("image_file_name", "path", "size", "mtime", "content_hash", "width", "height", "format",
                   "indexed_at")
 FILTER_COLUMNS = {"image_file_name", "path", "size", "mtime", "content_hash", "width", "height", "format",
@@ -516,7 +517,7 @@ class Collection:
         """Nearest neighbours of ``vector`` on ``field``, or run a YQL statement with named query tensors.
 
         Relevance is Vespa's ``closeness(field)`` for the angular metric: ``1 / (1 + arccos(cos(q, a)))``.
-        ``target_hits`` defaults to ``hits + offset``; ``hits`` is capped at 400, ``target_hits`` at 10,000.
+        ``target_hits`` defaults to ``max(hits + offset, 100)``; ``hits`` is capped at 400, ``target_hits`` at 10,000.
         """
         started = time.perf_counter()
         self._refresh()
@@ -531,7 +532,7 @@ class Collection:
         else:
             if vector is None or field is None:
                 raise QueryError("search needs a vector and a field, or a YQL statement")
-            target = target_hits if target_hits is not None else hits + offset
+            target = target_hits if target_hits is not None else max(hits + offset, DEFAULT_TARGET_HITS)
             where = yql.NearestNeighbor(field, "q", target, approximate, explore_additional_hits)
             tensors["q"] = vector
             if model is not None:

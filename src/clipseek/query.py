@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 
-from .collection import MAX_HITS, MAX_OFFSET, Collection, SearchResult
+from .collection import DEFAULT_TARGET_HITS, MAX_HITS, MAX_OFFSET, Collection, SearchResult
 from .errors import FieldError, QueryError
 from .models.encoder import Encoder
 from .tensors import parse_tensor
 
-DEFAULT_TARGET_HITS = 100
 MAX_INPUT_CHARS = 20_000  # CLIP reads 77 tokens; a longer text is a mistake or an attack
 _TENSOR_PARAM = re.compile(r"^(?:input\.query|ranking\.features\.query|rankfeature\.query)\((?P<name>[^)]+)\)$")
 _ALIASES = {"count": "hits", "start": "offset", "ranking": "ranking.profile", "timing": "presentation.timing",
