@@ -3,13 +3,18 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test test-all install bench clean tiny-model
+.PHONY: test test-all install bench clean tiny-model browser
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-all: $(VENV)/.installed
+test-all: $(VENV)/.installed browser
 	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
+
+# The page tests drive Debian's Chromium through Playwright (no browser download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+		|| echo "could not install chromium (needs root): the page tests will be skipped"
 
 install: $(VENV)/.installed
 

@@ -151,7 +151,7 @@ class Indexer:
         self.batch_size = batch_size or encoder.batch_size
         self.progress = progress or (lambda done, total: None)
         self.field = field_for(encoder)
-        collection.add_field(self.field, encoder.spec.name, encoder.dim)
+        collection.add_field(self.field, encoder.ref, encoder.dim)
 
     def run(self, roots: Iterable[Path]) -> IndexReport:
         started = time.perf_counter()

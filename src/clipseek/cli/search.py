@@ -108,7 +108,7 @@ def search_command(text: str | None, image: Path | None, k: int, model: str | No
         field, model_name = pick_field(coll, model)
         encoder = load_model(model_name)
         vector = encoder.embed_texts([text])[0] if text is not None else encoder.embed_images([image or Path()])[0]
-        result = coll.search(vector, field=field, hits=k, model=encoder.spec.name)
+        result = coll.search(vector, field=field, hits=k, model=encoder.ref)
     if as_json:
         click.echo(json.dumps({"query": text or str(image), "model": encoder.spec.name, "field": field,
                                "total": result.total_count, "hits": [

@@ -25,4 +25,7 @@ def load_model(
 ) -> OnnxEncoder:
     """An encoder for ``name`` (registry name, alias, slug or ``local-dir:PATH``), fetched on first use."""
     folder = resolve(name, cache=cache, fetch=fetch)
-    return OnnxEncoder(folder, threads=threads, precision=precision, batch_size=batch_size)
+    encoder = OnnxEncoder(folder, threads=threads, precision=precision, batch_size=batch_size)
+    if name.startswith("local-dir:"):
+        encoder._ref = f"local-dir:{folder.resolve()}"
+    return encoder

@@ -46,6 +46,7 @@ class Encoder(ABC):
     def __init__(self, spec: ModelSpec, *, batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
                  draft: bool = True) -> None:
         self.spec = spec
+        self._ref: str | None = None
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self.draft = draft
@@ -58,6 +59,11 @@ class Encoder(ABC):
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def ref(self) -> str:
+        """How to load this model again: the registry name, or ``local-dir:PATH`` for an unregistered export."""
+        return self._ref or self.spec.name
 
     @abstractmethod
     def _encode_tokens(self, tokens: np.ndarray) -> np.ndarray:

@@ -10,14 +10,16 @@ import json
 import threading
 import time
 import urllib.parse
+from importlib import resources
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.middleware import Middleware
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from .. import query as q
 from ..collection import DOCUMENT_TYPE, SUMMARY_FIELDS, Collection, Document
@@ -106,7 +108,7 @@ class TokenAuth:
         self.app, self.token = app, token
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http" and not _public(scope["path"]):
             request = Request(scope)
             given = request.headers.get("authorization", "")
             if not (hmac.compare_digest(given, f"Bearer {self.token}")
@@ -117,6 +119,11 @@ class TokenAuth:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _public(path: str) -> bool:
+    """The page and its assets hold no data: served without a token (the page then sends it with every call)."""
+    return path == "/" or path.startswith("/static/")
 
 
 class Busy(ClipseekError):
@@ -308,7 +315,7 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
     async def status_page(_: Request) -> Response:
         return PlainTextResponse("OK")
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/ApplicationStatus", status),
         Route("/status.html", status_page),
         Route("/search/", search, methods=["GET", "POST"]),
@@ -335,6 +342,12 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
             shared.close()
 
     routes += native.routes(shared.for_search, encoder_for, default_model)
+    web = Path(str(resources.files("clipseek").joinpath("web")))
+
+    async def page(_: Request) -> Response:
+        return FileResponse(web / "index.html", headers={"Cache-Control": "no-cache"})
+
+    routes += [Route("/", page), Mount("/static", StaticFiles(directory=web), name="static")]
     middleware = [Middleware(TokenAuth, token=token)] if token else []
     app = Starlette(routes=routes, exception_handlers={Exception: fallback}, lifespan=lifespan,
                     middleware=middleware)

@@ -82,7 +82,7 @@ def routes(collection_for: Callable[[], Collection], encoder_for: Callable[[str]
         k = min(k, MAX_HITS)
         started = time.perf_counter()
         res = coll.search(vector, field=field, hits=k, offset=min(offset, 1000), filter=filters(params),
-                          target_hits=min(offset + k, 10_000), model=model)
+                          model=model)
         hits = [h for h in res.hits if threshold is None or h.relevance >= threshold]
         return {"query": query, "model": model, "field": field, "total": res.total_count, "documents": res.documents,
                 "took_ms": round((time.perf_counter() - started) * 1000, 2), "hits": [
@@ -223,7 +223,7 @@ def routes(collection_for: Callable[[], Collection], encoder_for: Callable[[str]
 
     async def info(_: Request) -> Response:
         coll = collection_for()
-        return JSONResponse({"documents": len(coll), "models": [
+        return JSONResponse({"documents": len(coll), "default_model": default_model, "models": [
             {"field": name, "model": f.model, "dim": f.dim} for name, f in sorted(coll.fields.items())]})
 
     async def spec(_: Request) -> Response:
