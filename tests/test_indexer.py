@@ -212,3 +212,26 @@ def test_killed_index_run_resumes(tmp_path):
     assert f"{300 - partial} indexed, {partial} unchanged" in done.stdout
     with Collection.open(coll) as c:
         assert len(c) == 300 and all("tiny_image" in d.vectors for d in c.iter_documents())
+
+
+def test_ctrl_c_exits_cleanly_with_the_summary_so_far(tmp_path):
+    gallery = synth.write_dataset(tmp_path / "g", 1000, seed=6)
+    coll = tmp_path / "c"
+    proc = subprocess.Popen([sys.executable, "-m", "clipseek.cli", "index", str(gallery / "images"), "--collection",
+                             str(coll), "--model", "tiny", "--batch-size", "8"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (coll / "collection.sqlite").exists():
+        time.sleep(0.1)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "interrupted: " in out and "Traceback" not in out
+    with Collection.open(coll) as c:  # consistent, and a re-run finishes the job
+        assert len(c) < 1000
+    rerun = subprocess.run([sys.executable, "-m", "clipseek.cli", "index", str(gallery / "images"), "--collection",
+                            str(coll), "--model", "tiny"], capture_output=True, text=True, check=True)
+    assert "0 failed" in rerun.stdout
+    with Collection.open(coll) as c:
+        assert len(c) == 1000

@@ -67,6 +67,9 @@ def test_more_like_this_upload_and_weighted_terms(setup):
     data = (gallery / "images" / "synth_81_00007.png").read_bytes()
     up = client.post("/api/search", files={"image": ("x.png", data, "image/png")}, data={"k": "1"}).json()
     assert up["hits"][0]["id"] == target
+    mixed = client.post("/api/search", files={"image": ("x.png", data, "image/png")},
+                        data={"k": "3", "q": "a shape", "not": "a black background"})
+    assert mixed.status_code == 200 and len(mixed.json()["hits"]) == 3
     name, caption = captions[20]
     combo = client.post("/api/search", json={"terms": [{"text": caption, "weight": 2}, {"id": ids[name]},
                                                        {"text": "a black background", "weight": -0.3}], "k": 3})

@@ -154,9 +154,18 @@ class Indexer:
         collection.add_field(self.field, encoder.ref, encoder.dim)
 
     def run(self, roots: Iterable[Path]) -> IndexReport:
+        """Index ``roots``; Ctrl-C stops cleanly at any point with the report so far (committed work is kept)."""
         started = time.perf_counter()
         report = IndexReport()
-        roots = [Path(r) for r in roots]
+        try:
+            self._run([Path(r) for r in roots], report)
+        except KeyboardInterrupt:
+            report.interrupted = True
+        report.seconds = time.perf_counter() - started
+        self._log_failures(report)
+        return report
+
+    def _run(self, roots: list[Path], report: IndexReport) -> None:
         existing = self._existing()
         by_hash = {h: docid for docid, (_, _, h, has) in existing.items() if h and has}
         todo: list[tuple[bytes, os.stat_result]] = []
@@ -171,15 +180,9 @@ class Indexer:
             else:
                 todo.append((raw, st))
         self.progress(0, len(todo))
-        try:
-            self._embed_all(todo, by_hash, report)
-            # after embedding, so a renamed file could still reuse the vector of its old name
-            report.removed = self._remove_missing(roots, present)
-        except KeyboardInterrupt:
-            report.interrupted = True
-        report.seconds = time.perf_counter() - started
-        self._log_failures(report)
-        return report
+        self._embed_all(todo, by_hash, report)
+        # after embedding, so a renamed file could still reuse the vector of its old name
+        report.removed = self._remove_missing(roots, present)
 
     def _existing(self) -> dict[str, tuple[int | None, float | None, str | None, bool]]:
         out = {}

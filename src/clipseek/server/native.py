@@ -156,6 +156,8 @@ def routes(collection_for: Callable[[], Collection], encoder_for: Callable[[str]
                         uploads.append(await value.read())
                     elif key == "q" and value:
                         terms.append({"text": value})
+                    elif key == "not" and value:
+                        terms.append({"text": value, "weight": -0.5})
                     else:
                         params[key] = value
             elif ctype.startswith("application/json"):

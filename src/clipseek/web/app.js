@@ -57,6 +57,7 @@ async function query(pane, offset) {
     const form = new FormData();
     form.append("image", upload);
     if (text) form.append("q", text);
+    if (neg) form.append("not", neg);
     for (const [k, v] of Object.entries(p)) form.append(k, v);
     return api("/api/search", { method: "POST", body: form });
   }
