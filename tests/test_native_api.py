@@ -81,6 +81,7 @@ def test_more_like_this_upload_and_weighted_terms(setup):
 def test_errors_share_one_shape(setup):
     client, *_ = setup
     assert_error(client.post("/api/search", json={"terms": []}), 400)
+    assert_error(client.post("/api/search", json={"terms": [{"text": "x", "weight": 1e308}]}), 400)
     assert_error(client.post("/api/search", content=b"not an image", headers={"content-type": "image/png"}), 400)
     assert_error(client.get("/api/search", params={"q": "x", "k": "lots"}), 400)
     assert_error(client.get("/api/search", params={"q": "x", "model": "RN50"}), 400)

@@ -97,6 +97,8 @@ def routes(collection_for: Callable[[], Collection], encoder_for: Callable[[str]
             if not isinstance(term, dict):
                 raise QueryError("each term is an object: {\"text\": ...} or {\"id\": ...}, with optional weight")
             weight = _number(term.get("weight", 1.0), "weight")
+            if weight is None or not -100 <= weight <= 100:
+                raise QueryError(f"weight must be a number between -100 and 100, got {term.get('weight')!r}")
             if "text" in term and str(term["text"]).strip():
                 total += weight * encoder.embed_texts([str(term["text"])])[0]
             elif "id" in term:
