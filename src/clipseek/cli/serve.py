@@ -30,7 +30,8 @@ def serve_command(collection_dir: Path | None, host: str, port: int, default_mod
     """Serve Vespa's /search/ and /document/v1/ APIs over the collection.
 
     \b
-    pyvespa and the vespa CLI work unchanged:
+    pyvespa works unchanged (tested, sync and async); the vespa CLI
+    speaks the same APIs:
       from vespa.application import Vespa
       Vespa("http://127.0.0.1", 8080).query(body={"input": "a child playing football"})
       vespa query -t http://127.0.0.1:8080 'input=a child playing football'
