@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO, Sequence, Union
 
 import numpy as np
