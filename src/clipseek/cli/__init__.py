@@ -39,12 +39,14 @@ def _register() -> None:
     from .models import models
     from .search import index_command, search_command
     from .serve import serve_command
+    from .vespa import vespa_group
 
     main.add_command(index_command)
     main.add_command(search_command)
     main.add_command(serve_command)
     main.add_command(demo_command)
     main.add_command(eval_command)
+    main.add_command(vespa_group)
     main.add_command(models)
     main.add_command(synth_command)
     main.add_command(train_tiny_command)
