@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,6 +11,8 @@ import pytest
 from clipseek import load_model, synth
 from clipseek.collection import Collection
 from clipseek.indexer import Indexer
+
+from .serving import running_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -47,26 +44,11 @@ def site(tmp_path_factory):
     with Collection.create(base / "c") as coll:
         Indexer(coll, tiny).run([gallery / "images"])
         Indexer(coll, other).run([gallery / "images"])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, CLIPSEEK_HOME=str(base / "home"), CLIPSEEK_CACHE=str(base / "cache"))
-    server = subprocess.Popen([sys.executable, "-m", "clipseek.cli", "serve", "--collection", str(base / "c"),
-                               "--port", str(port), "--model", "tiny"], env=env, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/"
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(url + "api/info", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.2)
     captions = [line.split("\t", 1) for line in (gallery / "captions.txt").read_text().splitlines()]
-    with sync_api.sync_playwright() as pw:
+    with running_server(base / "c", base, "--model", "tiny") as (url, _port), sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield browser, url, captions, gallery
+        yield browser, url + "/", captions, gallery
         browser.close()
-    server.terminate()
-    server.wait(10)
 
 
 def library_top(caption: str, gallery: Path) -> str:

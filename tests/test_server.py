@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 
@@ -19,13 +16,9 @@ from clipseek import load_model, synth
 from clipseek.collection import Collection
 from clipseek.indexer import Indexer
 
+from .serving import env_for, running_server
+
 vespa_app = pytest.importorskip("vespa.application")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -35,25 +28,9 @@ def served(tmp_path_factory):
     coll_dir = base / "c"
     with Collection.create(coll_dir) as coll:
         Indexer(coll, load_model("tiny")).run([gallery / "images"])
-    port = free_port()
-    env = dict(os.environ, CLIPSEEK_HOME=str(base / "home"), CLIPSEEK_CACHE=str(base / "cache"))
-    proc = subprocess.Popen([sys.executable, "-m", "clipseek.cli", "serve", "--collection", str(coll_dir),
-                             "--port", str(port), "--model", "tiny"], env=env, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url + "/ApplicationStatus", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("server did not start: " + proc.stderr.read())
     captions = [line.split("\t", 1) for line in (gallery / "captions.txt").read_text().splitlines()]
-    yield url, port, captions, coll_dir
-    proc.terminate()
-    proc.wait(10)
+    with running_server(coll_dir, base, "--model", "tiny") as (url, port):
+        yield url, port, captions, coll_dir
 
 
 def library_ranking(coll_dir, caption, k=5):
@@ -225,21 +202,12 @@ def test_queries_are_served_while_clipseek_index_writes(tmp_path):
     first = synth.write_dataset(tmp_path / "g1", 40, seed=71)
     second = synth.write_dataset(tmp_path / "g2", 200, seed=72)
     coll_dir = tmp_path / "c"
-    env = dict(os.environ, CLIPSEEK_HOME=str(tmp_path / "home"), CLIPSEEK_CACHE=str(tmp_path / "cache"))
+    env = env_for(tmp_path)
     cli = [sys.executable, "-m", "clipseek.cli"]
     subprocess.run(cli + ["index", str(first / "images"), "--collection", str(coll_dir), "--model", "tiny"],
                    check=True, env=env, capture_output=True)
-    port = free_port()
-    server = subprocess.Popen(cli + ["serve", "--collection", str(coll_dir), "--port", str(port), "--model", "tiny"],
-                              env=env, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/search/?"
-    try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(url.replace("/search/?", "/ApplicationStatus"), timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
+    with running_server(coll_dir, tmp_path, "--model", "tiny") as (base_url, _port):
+        url = base_url + "/search/?"
         indexer = subprocess.Popen(cli + ["index", str(second / "images"), "--collection", str(coll_dir),
                                           "--model", "tiny", "--batch-size", "8"], env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -256,9 +224,6 @@ def test_queries_are_served_while_clipseek_index_writes(tmp_path):
         assert body["root"]["coverage"]["documents"] == 240
         assert name in [c["fields"]["image_file_name"] for c in body["root"]["children"]]
         assert len(counts) >= 3 and counts[0] >= 40 and counts == sorted(counts)  # never went backwards
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def test_huge_query_string_is_refused_not_crashed(served):

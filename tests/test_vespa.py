@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -18,6 +14,8 @@ from clipseek import load_model, synth
 from clipseek.cli import main
 from clipseek.collection import Collection
 from clipseek.indexer import Indexer
+
+from .serving import env_for, running_server
 
 pytest.importorskip("vespa.application")
 
@@ -52,28 +50,13 @@ def test_export_writes_the_seed_schema(source, tmp_path):
 
 
 def test_feed_copies_collection_a_into_served_collection_b(source, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, CLIPSEEK_HOME=str(tmp_path / "home"), CLIPSEEK_CACHE=str(tmp_path / "cache"))
-    server = subprocess.Popen([sys.executable, "-m", "clipseek.cli", "serve", "--collection", str(tmp_path / "b"),
-                               "--port", str(port)], env=env, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ApplicationStatus", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
+    with running_server(tmp_path / "b", tmp_path) as (url, _port):
         for _ in range(2):  # the second run is a no-op in effect: puts are idempotent
-            result = subprocess.run([sys.executable, "-m", "clipseek.cli", "vespa", "feed", "--url",
-                                     f"http://127.0.0.1:{port}", "--collection", str(source)],
-                                    env=env, capture_output=True, text=True)
+            result = subprocess.run([sys.executable, "-m", "clipseek.cli", "vespa", "feed", "--url", url,
+                                     "--collection", str(source)], env=env_for(tmp_path), capture_output=True,
+                                    text=True)
             assert result.returncode == 0, result.stdout + result.stderr
             assert "30 fed, 0 failed" in result.stdout
-    finally:
-        server.terminate()
-        server.wait(10)
     with Collection.open(source, readonly=True) as a, Collection.open(tmp_path / "b", readonly=True) as b:
         docs_a = {d.docid: d for d in a.iter_documents()}
         docs_b = {d.docid: d for d in b.iter_documents()}
