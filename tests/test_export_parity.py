@@ -116,3 +116,21 @@ def test_local_dir_spec_comes_from_the_manifest(exported):
     (folder / "image.onnx").write_bytes((folder / "image.onnx").read_bytes()[:-10])
     with pytest.raises(Exception, match="does not match its recorded checksum"):
         modeldir.verify(folder)
+
+
+def test_vespa_embedder_form_matches_torch(exported, tmp_path, flickr):
+    """The text tower as Vespa's hugging-face-embedder runs it (100 captions) = open_clip's encode_text."""
+    from clipseek.vespa.embedder import write_embedder
+    from clipseek.vespa.export import Embedder, services_text
+
+    from .conftest import flickr_captions
+    from .vespa_embedder import PackageEmbedder
+
+    spec, clip, folder = exported
+    files = write_embedder(folder / "text.onnx", tmp_path, spec.slug)
+    (tmp_path / "services.xml").write_text(services_text(embedders=[Embedder(spec.slug, "q", files)]))
+    captions = flickr_captions(flickr)[7::400][:100]
+    got = PackageEmbedder(tmp_path, spec.slug).embed(captions)
+    with torch.no_grad():
+        expected = clip.encode_text(torch.from_numpy(load_model(f"local-dir:{folder}").tokenizer(captions))).numpy()
+    assert len(captions) == 100 and cosines(got, expected).min() >= 0.9999

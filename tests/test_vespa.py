@@ -1,4 +1,5 @@
-"""Export to a Vespa application package, and `clipseek vespa feed` against a real `clipseek serve`."""
+"""Export to a Vespa application package (schema, services, embedder, query profile), deploy's refusals, and
+`clipseek vespa feed` against a real `clipseek serve`."""
 
 from __future__ import annotations
 
@@ -15,7 +16,14 @@ from clipseek.cli import main
 from clipseek.collection import Collection
 from clipseek.indexer import Indexer
 
+from clipseek.errors import VespaDeployError
+from clipseek.vespa.deploy import deploy_package, docker_problem
+from clipseek.vespa.embedder import build_tokenizer
+
+from .conftest import flickr_captions
 from .serving import env_for, running_server
+from .test_tokenizer import EDGE_CASES
+from .vespa_embedder import PackageEmbedder
 
 pytest.importorskip("vespa.application")
 
@@ -29,10 +37,19 @@ def source(tmp_path_factory):
     return base / "a"
 
 
+@pytest.fixture(scope="module")
+def package(source, tmp_path_factory):
+    out = tmp_path_factory.mktemp("app") / "app"
+    result = CliRunner().invoke(main, ["vespa", "export", str(out), "--collection", str(source)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
 def test_export_writes_the_seed_schema(source, tmp_path):
     result = CliRunner().invoke(main, ["vespa", "export", str(tmp_path / "app"), "--collection", str(source),
-                                       "--nodes", "2", "--redundancy", "2"])
+                                       "--nodes", "2", "--redundancy", "2", "--no-embedders"])
     assert result.exit_code == 0, result.output
+    assert not (tmp_path / "app" / "models").exists()
     sd = (tmp_path / "app" / "schemas" / "image_search.sd").read_text()
     assert re.search(r"field image_file_name type string \{\s+indexing: attribute \| summary", sd)
     field = re.search(r"field tiny_image type tensor<float>\(x\[96\]\) \{(.*?)\n        \}", sd, re.S).group(1)
@@ -65,3 +82,69 @@ def test_feed_copies_collection_a_into_served_collection_b(source, tmp_path):
             db = docs_b[docid]
             assert da.attributes() == db.attributes()
             np.testing.assert_array_equal(da.vectors["tiny_image"], db.vectors["tiny_image"])
+
+
+def test_export_configures_an_embedder_and_a_query_profile_per_model(package):
+    import xml.etree.ElementTree as ET
+    root = ET.parse(package / "services.xml").getroot()
+    comps = root.findall("container/component")
+    assert [(c.get("id"), c.get("type")) for c in comps] == [("tiny", "hugging-face-embedder")]
+    config = {child.tag: child for child in comps[0]}
+    assert config["transformer-model"].get("path") == "models/tiny_text.onnx"
+    assert config["tokenizer-model"].get("path") == "models/clip-bpe-tokenizer.json"
+    assert config["pooling-strategy"].text == "cls" and config["max-tokens"].text == "77"
+    for rel in ("models/tiny_text.onnx", "models/clip-bpe-tokenizer.json"):
+        assert (package / rel).stat().st_size > 1000
+    profile = ET.parse(package / "search" / "query-profiles" / "default.xml").getroot()
+    assert profile.get("id") == "default"
+    fields = {f.get("name"): f.text for f in profile.findall("field")}
+    # the rank profile's input, under its full name (query profiles take no aliases), embedded by that model
+    assert fields == {"ranking.features.query(tiny_text)": "embed(tiny, @input)"}
+    sd = (package / "schemas" / "image_search.sd").read_text()
+    assert "query(tiny_text) tensor<float>(x[96])" in sd
+
+
+def test_package_embedder_gives_clipseek_text_vectors(package, source, flickr):
+    """Vespa's way of embedding (tokenizer.json, the configured names, one unpadded text, cls pooling) = ours."""
+    captions = flickr_captions(flickr)[::400][:100]
+    assert len(captions) == 100
+    emb = PackageEmbedder(package, "tiny")
+    ours = load_model("tiny")
+    for text in captions:
+        row = ours.tokenizer([text])[0]
+        assert emb.token_ids(text) == [int(i) for i in row[: int(ours.tokenizer.lengths(row[None])[0])]]
+    got, expected = emb.embed(captions), ours.embed_texts(captions)
+    assert float((got * expected).sum(axis=1).min()) >= 0.9999
+    # and the same hits come back for a query embedded either way
+    with Collection.open(source, readonly=True) as coll:
+        for text, vec in zip(captions[:5], got[:5]):
+            a = coll.search(vec, field="tiny_image", hits=5)
+            b = coll.search(ours.embed_texts([text])[0], field="tiny_image", hits=5)
+            assert [h.docid for h in a.hits] == [h.docid for h in b.hits]
+
+
+def test_tokenizer_file_matches_clipseek_on_flickr8k(flickr):
+    """All 40,455 captions tokenize identically; only texts that need ftfy's repairs differ (documented)."""
+    tok = build_tokenizer()
+    ours = load_model("tiny").tokenizer
+    texts = flickr_captions(flickr) + EDGE_CASES + ["A &amp; B &lt;tag&gt;", "say &quot;hi&quot; it&#39;s"]
+    rows = ours(texts)
+    lengths = ours.lengths(rows)
+    differ = [t for t, enc, row, n in zip(texts, tok.encode_batch(texts), rows, lengths)
+              if enc.ids != [int(i) for i in row[:n]] and "<end_of_text>" not in t]
+    assert sorted(differ) == sorted(["mojibake Ã©", "ﬁ ligature"])
+
+
+def test_deploy_says_what_to_do_when_there_is_nowhere_to_deploy(package, tmp_path):
+    if docker_problem() is None:
+        pytest.skip("a Docker engine answers here: deploy would really start Vespa")
+    with pytest.raises(VespaDeployError, match=r"Start Docker .* --tenant T --application A .*vespa deploy"):
+        deploy_package(package)
+    result = CliRunner().invoke(main, ["vespa", "deploy", str(package), "--docker"])
+    assert result.exit_code == 1 and "cannot deploy to Docker" in result.output
+    result = CliRunner().invoke(main, ["vespa", "deploy", str(tmp_path)])
+    assert result.exit_code == 1 and f"clipseek vespa export {tmp_path}" in result.output
+    result = CliRunner().invoke(main, ["vespa", "deploy", str(package), "--tenant", "My_Tenant", "--application", "a"])
+    assert result.exit_code == 1 and "--tenant 'My_Tenant' is not a Vespa Cloud name" in result.output
+    result = CliRunner().invoke(main, ["vespa", "deploy", str(package), "--cloud", "--tenant", "t"])
+    assert result.exit_code == 1 and "needs both --tenant and --application" in result.output

@@ -15,10 +15,13 @@ Tree::
     │   ├── CollectionVersionError     written by a newer clipseek
     │   ├── CollectionLockedError      another process is writing
     │   └── ReadOnlyError              opened read-only / folder not writable
-    └── QueryError                     a request the engine cannot run
-        ├── YqlSyntaxError             malformed YQL, with the position
-        ├── FieldError                 unknown field or rank profile
-        └── VectorError                wrong dimension, NaN/inf, not numbers
+    ├── QueryError                     a request the engine cannot run
+    │   ├── YqlSyntaxError             malformed YQL, with the position
+    │   ├── FieldError                 unknown field or rank profile
+    │   └── VectorError                wrong dimension, NaN/inf, not numbers
+    └── VespaError                     moving a collection to Vespa
+        ├── VespaExportError           the application package cannot be written
+        └── VespaDeployError           no Docker engine / Vespa Cloud credentials, or the deploy failed
 """
 
 from __future__ import annotations
@@ -134,4 +137,16 @@ class FieldError(QueryError):
 
 
 class VectorError(QueryError):
+    pass
+
+
+class VespaError(ClipseekError):
+    pass
+
+
+class VespaExportError(VespaError):
+    pass
+
+
+class VespaDeployError(VespaError):
     pass

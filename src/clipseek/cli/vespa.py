@@ -19,20 +19,56 @@ def vespa_group() -> None:
 @collection_option
 @click.option("--nodes", default=1, show_default=True, help="Container and content nodes.")
 @click.option("--redundancy", default=1, show_default=True, help="Copies of each document in the content cluster.")
-def export_command(out: Path, collection_dir: Path | None, nodes: int, redundancy: int) -> None:
+@click.option("--embedders/--no-embedders", default=True, show_default=True,
+              help="Include each model's text tower so Vespa embeds `input=` text itself.")
+def export_command(out: Path, collection_dir: Path | None, nodes: int, redundancy: int, embedders: bool) -> None:
     """Write a Vespa application package for the collection to OUT.
 
-    schemas/image_search.sd has image_file_name, the file attributes and one
-    HNSW tensor field per model with a <slug>_similarity rank profile; services.xml
-    a container (search + document-api) and a content cluster.
-    Deploy it with `vespa deploy OUT`, then `clipseek vespa feed --url ...`.
+    \b
+    schemas/image_search.sd      image_file_name, the file attributes, one HNSW
+                                 tensor field per model, a <slug>_similarity
+                                 rank profile each (closeness)
+    services.xml                 container (search, document-api, one
+                                 hugging-face-embedder per model) + content
+    models/                      text towers (ONNX) + CLIP tokenizer.json
+    search/query-profiles/       input=<text> -> embed(<slug>, @input)
+
+    Then: `clipseek vespa deploy OUT` (Docker or Vespa Cloud) or `vespa deploy OUT`,
+    and `clipseek vespa feed --url ...`.
     """
     from ..collection import Collection
     from ..vespa import export_package
 
     with Collection.open(collection_path(collection_dir), readonly=True) as coll:
-        for path in export_package(coll, out, nodes=nodes, redundancy=redundancy):
-            click.echo(str(path))
+        written = export_package(coll, out, nodes=nodes, redundancy=redundancy, embedders=embedders,
+                                 progress=lambda msg: click.echo(msg, err=True))
+    for path in written:
+        click.echo(str(path))
+
+
+@vespa_group.command("deploy")
+@click.argument("app_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--docker", "target", flag_value="docker", help="Only deploy to the local Docker engine.")
+@click.option("--cloud", "target", flag_value="cloud", help="Only deploy to Vespa Cloud.")
+@click.option("--tenant", help="Vespa Cloud tenant (naming one picks Vespa Cloud).")
+@click.option("--application", help="Vespa Cloud application.")
+@click.option("--instance", default="default", show_default=True, help="Vespa Cloud instance.")
+@click.option("--key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Vespa Cloud API key (PEM); without it, the token from `vespa auth login` is used.")
+@click.option("--port", default=8080, show_default=True, help="Local port of the Docker container.")
+def deploy_command(app_dir: Path, target: str | None, tenant: str | None, application: str | None,
+                   instance: str, key: Path | None, port: int) -> None:
+    """Deploy APP_DIR (from `clipseek vespa export`) with pyvespa.
+
+    Vespa Cloud when --tenant/--application are given, else a local Docker
+    engine when one answers; with neither, the message says what to start.
+    """
+    from ..vespa.deploy import deploy_package
+
+    done = deploy_package(app_dir, target=target or "auto", tenant=tenant,  # type: ignore[arg-type]
+                          application=application, key=key, instance=instance, port=port)
+    click.echo(f"deployed to {done.target}: {done.url}")
+    click.echo(f"next: clipseek vespa feed --url {done.url}")
 
 
 @vespa_group.command("feed")

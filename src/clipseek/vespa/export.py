@@ -1,16 +1,27 @@
-"""Write a Vespa application package equivalent to a collection: schema, services.xml, query profile.
+"""Write a Vespa application package equivalent to a collection: schema, services.xml, query profile, models.
 
 The files are written as text (not through pyvespa's object model) so they read like the examples in Vespa's
-documentation: `schemas/image_search.sd` with one `tensor<float>(x[D])` field per model (HNSW, angular) and a
-`<slug>_similarity` rank profile per field (`closeness` first phase, `query(<slug>_text)` input).
+documentation:
+
+* ``schemas/image_search.sd``: one ``tensor<float>(x[D])`` field per model (HNSW, angular) and a
+  ``<slug>_similarity`` rank profile per field (``closeness`` first phase, ``query(<slug>_text)`` input);
+* ``services.xml``: a container (search, document-api, one ``hugging-face-embedder`` per model) and a content
+  cluster;
+* ``models/``: each model's text tower in the embedder's form and the CLIP tokenizer file (:mod:`.embedder`);
+* ``search/query-profiles/default.xml``: maps ``input=<text>`` (the seed's parameter, which ``clipseek serve``
+  takes too) to ``embed(<slug>, @input)`` for every model's query tensor, so Vespa answers plain-text queries.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 from xml.sax.saxutils import escape
 
 from ..collection import DOCUMENT_TYPE, Collection
+from ..errors import VespaExportError
+from .embedder import ATTENTION_MASK, INPUT_IDS, POOLED_OUTPUT, TOKENIZER_FILE, EmbedderFiles, write_embedder
 
 _ATTRIBUTES = [("path", "string"), ("size", "long"), ("mtime", "double"), ("content_hash", "string"),
                ("width", "int"), ("height", "int"), ("format", "string"), ("indexed_at", "double")]
@@ -46,13 +57,40 @@ def schema_text(coll: Collection) -> str:
     return "\n".join(lines) + "\n"
 
 
-def services_text(nodes: int = 1, redundancy: int = 1) -> str:
+@dataclass(frozen=True)
+class Embedder:
+    """One ``hugging-face-embedder`` component: its id (the model slug) and what it embeds into."""
+
+    id: str
+    query_input: str
+    files: EmbedderFiles
+
+
+def embedder_xml(emb: Embedder) -> str:
+    """The ``<component>`` of one embedder, as Vespa's embedding reference writes it."""
+    return f"""        <!-- {escape(emb.query_input)}: CLIP's text tower, pooled on end-of-text inside the model -->
+        <component id="{escape(emb.id)}" type="hugging-face-embedder">
+            <transformer-model path="{escape(emb.files.model)}"/>
+            <tokenizer-model path="models/{TOKENIZER_FILE}"/>
+            <max-tokens>{emb.files.max_tokens}</max-tokens>
+            <transformer-input-ids>{INPUT_IDS}</transformer-input-ids>
+            <transformer-attention-mask>{ATTENTION_MASK}</transformer-attention-mask>
+            <transformer-token-type-ids/>
+            <transformer-output>{POOLED_OUTPUT}</transformer-output>
+            <pooling-strategy>cls</pooling-strategy>
+            <normalize>true</normalize>
+        </component>
+"""
+
+
+def services_text(nodes: int = 1, redundancy: int = 1, embedders: list[Embedder] | None = None) -> str:
+    components = "".join(embedder_xml(e) for e in embedders or [])
     return f"""<?xml version="1.0" encoding="utf-8" ?>
 <services version="1.0" xmlns:deploy="vespa" xmlns:preprocess="properties">
     <container id="default" version="1.0">
         <search/>
         <document-api/>
-        <nodes count="{nodes}"/>
+{components}        <nodes count="{nodes}"/>
     </container>
     <content id="{escape(DOCUMENT_TYPE)}" version="1.0">
         <min-redundancy>{redundancy}</min-redundancy>
@@ -65,13 +103,54 @@ def services_text(nodes: int = 1, redundancy: int = 1) -> str:
 """
 
 
-def export_package(coll: Collection, out: Path, *, nodes: int = 1, redundancy: int = 1) -> list[Path]:
-    """Write the package into ``out``; returns the files written."""
-    files = {
+def query_profile_text(embedders: list[Embedder]) -> str:
+    """``default.xml``: ``input=<text>`` becomes every model's query tensor (a request's own tensor wins)."""
+    fields = "".join(
+        f'    <field name="ranking.features.query({escape(e.query_input)})">embed({escape(e.id)}, @input)</field>\n'
+        for e in embedders)
+    return f"""<?xml version="1.0" encoding="utf-8" ?>
+<!-- `input=<text>`, as the seed application and `clipseek serve` take it, embedded by Vespa for each model.
+     A request that sends input.query(<slug>_text) itself overrides these. -->
+<query-profile id="default">
+{fields}</query-profile>
+"""
+
+
+def export_package(coll: Collection, out: Path, *, nodes: int = 1, redundancy: int = 1, embedders: bool = True,
+                   progress: Callable[[str], None] | None = None) -> list[Path]:
+    """Write the package into ``out``; returns the files written.
+
+    With ``embedders`` (the default) each field's model is resolved (fetched and exported on first use, like
+    ``clipseek index`` does) and its text tower written under ``models/`` for Vespa's embedder.
+    """
+    from ..models.loader import resolve
+    from ..models.modeldir import read_model_dir_spec
+
+    say = progress or (lambda _msg: None)
+    comps: list[Embedder] = []
+    written: list[Path] = []
+    if embedders:
+        for name, info in sorted(coll.fields.items()):
+            slug = name[: -len("_image")]
+            say(f"exporting the text tower of {info.model} for Vespa's embedder")
+            folder = resolve(info.model, progress=say)
+            spec = read_model_dir_spec(folder)
+            files = write_embedder(folder / "text.onnx", out, slug, spec.context_length)
+            if files.dim != info.dim:
+                raise VespaExportError(f"model {info.model} embeds into {files.dim} dims but field {name} holds "
+                                       f"{info.dim}-dim vectors: the collection records another model under that "
+                                       "name; re-index the field or export with --no-embedders")
+            comps.append(Embedder(slug, f"{slug}_text", files))
+            written.append(out / files.model)
+        if comps:
+            written.append(out / "models" / TOKENIZER_FILE)
+    files_text = {
         out / "schemas" / f"{DOCUMENT_TYPE}.sd": schema_text(coll),
-        out / "services.xml": services_text(nodes, redundancy),
+        out / "services.xml": services_text(nodes, redundancy, comps),
     }
-    for path, text in files.items():
+    if comps:
+        files_text[out / "search" / "query-profiles" / "default.xml"] = query_profile_text(comps)
+    for path, text in files_text.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
-    return sorted(files)
+    return sorted([*files_text, *written])

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from ..collection import DOCUMENT_TYPE, Collection, Document
+from ..errors import VespaError
 
 
 @dataclass
@@ -28,7 +29,10 @@ def vespa_fields(doc: Document) -> dict[str, Any]:
 def feed_collection(coll: Collection, url: str, *, namespace: str | None = None, cert: str | None = None,
                     key: str | None = None, token: str | None = None,
                     progress: Callable[[int, int], None] | None = None) -> FeedReport:
-    from vespa.application import Vespa
+    try:
+        from vespa.application import Vespa
+    except ImportError as exc:
+        raise VespaError("feeding Vespa needs pyvespa: pip install 'clipseek[vespa]'") from exc
 
     app = Vespa(url=url, cert=cert, key=key, vespa_cloud_secret_token=token)
     report = FeedReport()
