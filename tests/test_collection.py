@@ -112,6 +112,8 @@ def test_yql_nearest_neighbor_with_predicates(coll):
                                       '[{"targetHits": 3}]nearestNeighbor(tiny_image, q)', query_tensors={"q": q})
     assert [h.docid for h in old_style.hits] == brute(docs, q, 3)
     assert old_style.hits[0].fields["image_file_name"].endswith(".jpg")
+    assert set(old_style.hits[0].fields) == {"image_file_name"}  # the select list is honoured, as in Vespa 8
+    assert {"image_file_name", "width", "path"} <= set(res.hits[0].fields)
 
 
 def test_yql_true_or_and_limit(coll):

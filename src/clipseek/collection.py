@@ -522,9 +522,12 @@ class Collection:
         started = time.perf_counter()
         self._refresh()
         tensors = dict(query_tensors or {})
+        wanted: set[str] | None = None  # summary fields the YQL selects; None for all
         if yql_query is not None:
             select = yql.parse(yql_query)
             where = select.where
+            if "*" not in select.fields:
+                wanted = set(select.fields)
             if select.limit is not None:
                 hits = max(0, select.limit - (select.offset or 0))
             if select.offset is not None:
@@ -556,7 +559,8 @@ class Collection:
         ordered = sorted(relevance.items(), key=lambda kv: (-kv[1], kv[0]))
         page = ordered[offset: offset + hits]
         docs = self._summaries([d for d, _ in page])
-        result_hits = [Hit(docs[d]["docid"], float(rel), docs[d]["fields"]) for d, rel in page if d in docs]
+        result_hits = [Hit(docs[d]["docid"], float(rel), docs[d]["fields"] if wanted is None else
+                           {k: v for k, v in docs[d]["fields"].items() if k in wanted}) for d, rel in page if d in docs]
         total_docs = len(self)
         return SearchResult(result_hits, len(ordered), total_docs, "+".join(plans) or "filter",
                             time.perf_counter() - started)

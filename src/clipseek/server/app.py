@@ -234,7 +234,9 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
         valid = ", ".join([*SUMMARY_FIELDS, *sorted(collection.fields)])
         raise FieldError(f"No field '{name}' in the structure of type '{DOCUMENT_TYPE}'; fields are: {valid}")
 
-    def render_doc(doc: Document, ns: str, form: str) -> dict[str, Any]:
+    def render_doc(doc: Document, ns: str, form: str, field_set: str | None = None) -> dict[str, Any]:
+        if field_set == "[id]":  # Vespa's field set of ids only (`vespa visit --field-set '[id]'`)
+            return {"id": f"id:{ns}:{DOCUMENT_TYPE}::{doc.docid}"}
         fields: dict[str, Any] = dict(doc.attributes())
         for name, vec in doc.vectors.items():
             fields[name] = render_tensor(vec, form)
@@ -286,10 +288,23 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
         except (FieldError, QueryError, VectorError) as exc:
             return doc_error(path, str(exc), 400)
 
-    async def visit(request: Request) -> Response:
+    async def visit_all(request: Request) -> Response:
+        """``/document/v1/?cluster=C``: Vespa's visit across types; the ``vespa visit`` CLI asks for ``*`` first
+        and reads the content cluster names from the error (Vespa's wording, which the CLI parses)."""
+        path = request.url.path
+        cluster = request.query_params.get("cluster")
+        if cluster != DOCUMENT_TYPE:
+            message = (f"Your Vespa deployment has no content cluster '{cluster}', only '{DOCUMENT_TYPE}'"
+                       if cluster else f"Please specify the content cluster to visit: '{DOCUMENT_TYPE}'")
+            return doc_error(path, message, 400)
+        if request.query_params.get("bucketSpace", "default") == "global":  # documents live in 'default'
+            return JSON({"pathId": path, "documents": [], "documentCount": 0})
+        return await visit(request, shared.for_search().namespace)
+
+    async def visit(request: Request, namespace: str | None = None) -> Response:
         path = request.url.path
         try:
-            ns, _, _ = doc_path(request)
+            ns = namespace or doc_path(request)[0]
             cont = request.query_params.get("continuation")
             start = int(cont) if cont and cont.isdigit() else 0
             wanted = min(max(int(request.query_params.get("wantedDocumentCount", "100") or 100), 1), 1000)
@@ -306,7 +321,8 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
             for d in docs:
                 await asyncio.to_thread(writer.remove, d.docid)
             nxt = start if nxt is not None else None  # removed rows no longer precede the cursor
-        body: dict[str, Any] = {"pathId": path, "documents": [render_doc(d, ns, form) for d in docs]
+        field_set = request.query_params.get("fieldSet")
+        body: dict[str, Any] = {"pathId": path, "documents": [render_doc(d, ns, form, field_set) for d in docs]
                                 if request.method == "GET" else [], "documentCount": len(docs)}
         if nxt is not None:
             body["continuation"] = str(nxt)
@@ -323,6 +339,7 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
         Route("/document/v1/{namespace}/{doctype}/docid/{docid:path}", document,
               methods=["GET", "POST", "PUT", "DELETE"]),
         Route("/document/v1/{namespace}/{doctype}/docid", visit, methods=["GET", "DELETE"]),
+        Route("/document/v1/", visit_all, methods=["GET", "DELETE"]),
     ]
 
     async def fallback(request: Request, exc: Exception) -> Response:
@@ -344,8 +361,16 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
     routes += native.routes(shared.for_search, encoder_for, default_model)
     web = Path(str(resources.files("clipseek").joinpath("web")))
 
-    async def page(_: Request) -> Response:
-        return FileResponse(web / "index.html", headers={"Cache-Control": "no-cache"})
+    async def page(request: Request) -> Response:
+        """The page for browsers; for API clients, Vespa's root listing of handlers (``vespa visit`` probes it)."""
+        if "text/html" in request.headers.get("accept", ""):
+            return FileResponse(web / "index.html", headers={"Cache-Control": "no-cache"})
+        return JSON({"handlers": [
+            {"id": "search", "class": "clipseek.server.SearchHandler", "bundle": "clipseek",
+             "serverBindings": ["http://*/search/*"]},
+            {"id": "document-api", "class": "clipseek.server.DocumentV1ApiHandler", "bundle": "clipseek",
+             "serverBindings": ["http://*/document/v1/*"]},
+        ]})
 
     routes += [Route("/", page), Mount("/static", StaticFiles(directory=web), name="static")]
     middleware = [Middleware(TokenAuth, token=token)] if token else []
