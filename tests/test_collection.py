@@ -100,6 +100,34 @@ def test_filters_never_lose_hits(coll, threshold):
     assert all(keep(docs[int(h.docid[1:])]) for h in res.hits)
 
 
+def test_graph_skips_dead_slots_and_tiny_filters_without_losing_hits(coll):
+    """Removed documents stay in the graph as dead slots: the selector keeps them out of every answer."""
+    docs = make_docs(1000)
+    coll.feed(docs)
+    coll.exact_threshold = 0
+    q = np.random.RandomState(5).randn(DIM)
+    coll.search(q, field="tiny_image", hits=10)  # build the graph with everything in it
+    for d in docs:
+        if int(d.docid[1:]) % 10:
+            coll.remove(d.docid)
+    survivors = [d for d in docs if int(d.docid[1:]) % 10 == 0]
+    res = coll.search(q, field="tiny_image", hits=10, target_hits=50)
+    assert res.plan == "hnsw" and len(res.hits) == 10
+    assert all(int(h.docid[1:]) % 10 == 0 for h in res.hits)
+    assert len(set(h.docid for h in res.hits) & set(brute(survivors, q, 10))) >= 9
+    # a filter passing 8 of 100 documents (> Vespa's 5% approximate-threshold) goes through the graph
+    flt = Filter(min_width=1020)
+    keep = lambda d: d.width >= 1020  # noqa: E731
+    assert sum(keep(d) for d in survivors) == 8
+    res = coll.search(q, field="tiny_image", hits=5, target_hits=5, filter=flt)
+    assert res.plan == "hnsw" and len(res.hits) == 5 and all(keep(docs[int(h.docid[1:])]) for h in res.hits)
+    assert len(set(h.docid for h in res.hits) & set(brute(survivors, q, 5, keep))) >= 4
+    # below it (3 of 100), exact search: the best 2 exactly
+    flt, keep = Filter(min_width=1070), (lambda d: d.width >= 1070)  # noqa: E731
+    res = coll.search(q, field="tiny_image", hits=5, target_hits=2, filter=flt)
+    assert res.plan == "exact" and [h.docid for h in res.hits] == brute(survivors, q, 2, keep)
+
+
 def test_yql_nearest_neighbor_with_predicates(coll):
     docs = make_docs(60)
     coll.feed(docs)
@@ -294,12 +322,17 @@ def test_reader_maps_the_graph_and_follows_the_writer(tmp_path):
 
 
 def test_graph_first_then_onnxruntime_does_not_crash():
-    # onnxruntime 1.32 segfaults when imported after usearch; a server maps the graph before it loads a model
+    # a server maps the graph before it loads a model; graph libraries have crashed onnxruntime 1.32 that way
+    # (usearch 2.26 did, which is one reason clipseek moved to faiss)
     import subprocess
     import sys
-    code = ("from clipseek.index import AnnIndex, HnswParams\n"
-            "AnnIndex(4, HnswParams())\n"
+    code = ("import numpy as np\n"
+            "from clipseek.index import AnnIndex, HnswParams\n"
+            "a = AnnIndex(4, HnswParams())\n"
+            "a.extend(np.eye(4, dtype=np.float32), 4)\n"
             "import onnxruntime\n"
-            "print('ok')\n")
+            "from clipseek import load_model\n"
+            "load_model('tiny').embed_texts(['a red circle'])\n"
+            "print('ok', a.search(np.ones(4), 2, 10).tolist() != [])\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-500:]
+    assert result.returncode == 0 and result.stdout.strip() == "ok True", result.stderr[-500:]

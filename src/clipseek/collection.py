@@ -33,6 +33,7 @@ MAX_HITS = 400
 MAX_TARGET_HITS = 10_000
 MAX_OFFSET = 1000
 DEFAULT_TARGET_HITS = 100  # the seed's TextEmbeddingSearcher; a small beam costs recall for little speed
+APPROXIMATE_THRESHOLD = 0.05  # Vespa's default approximate-threshold: below it, exact search
 SUMMARY_FIELDS = ("image_file_name", "path", "size", "mtime", "content_hash", "width", "height", "format",
                   "indexed_at")
 FILTER_COLUMNS = {"image_file_name", "path", "size", "mtime", "content_hash", "width", "height", "format",
@@ -121,6 +122,8 @@ class _Field:
         self.slot_of_doc: dict[int, int] = {}
         self.norms = np.zeros(0, dtype=np.float32)
         self.ann: AnnIndex | None = None
+        self._live: tuple[int, int, np.ndarray | None] = (-1, -1, None)  # (version, rows, bitmap)
+        self.version = 0  # bumped whenever a slot dies (doc_of_slot changes in place)
 
     @property
     def next_slot(self) -> int:
@@ -132,6 +135,18 @@ class _Field:
 
     def live_slots(self) -> np.ndarray:
         return np.flatnonzero(self.doc_of_slot >= 0)
+
+    def touch(self) -> None:
+        self.version += 1
+
+    def live_bitmap(self, rows: int) -> np.ndarray | None:
+        """Bitmap of the live slots among the first ``rows`` (for the graph's selector); None when all live."""
+        version, cached_rows, bitmap = self._live
+        if version != self.version or cached_rows != rows:
+            live = self.doc_of_slot[:rows] >= 0
+            bitmap = None if live.all() else np.packbits(live, bitorder="little")
+            self._live = (self.version, rows, bitmap)
+        return bitmap
 
 
 class Collection:
@@ -221,8 +236,8 @@ class Collection:
     def checkpoint(self) -> None:
         with self._write_lock:
             for f in self._fields.values():
-                if f.ann is not None:
-                    f.ann.save(self.path / "ann", f.info.name, f.next_slot)
+                if f.ann is not None and not f.ann.is_view:
+                    f.ann.save(self.path / "ann", f.info.name)
 
     # ---- fields ----------------------------------------------------------------------------------------
     @property
@@ -280,35 +295,17 @@ class Collection:
                 f.slot_of_doc = dict(zip(arr[:, 0].tolist(), arr[:, 1].tolist()))
             f.extend_norms()
             old = self._fields.get(f.info.name)
-            if old is not None and old.ann is not None and not old.ann.is_view:
+            if old is not None and old.ann is not None and not old.ann.is_view and len(old.ann) <= f.next_slot:
                 f.ann = old.ann
-                self._catch_up_ann(f, covered=len(old.doc_of_slot), previous=old.doc_of_slot)
-            else:
-                loaded = AnnIndex.load(self.path / "ann", f.info.name, f.info.dim, self.hnsw, view=self.readonly)
-                if loaded is not None and loaded[1] <= f.next_slot:
-                    f.ann = loaded[0]
-                    if f.ann.is_view and self._needs_catch_up(f, loaded[1]):
-                        f.ann = AnnIndex.load(self.path / "ann", f.info.name, f.info.dim, self.hnsw)[0]  # type: ignore[index]
-                    self._catch_up_ann(f, covered=loaded[1], previous=None)
+            else:  # the newest snapshot; a stale memory-mapped one is read in full so it can catch up
+                ann_dir, name, dim = self.path / "ann", f.info.name, f.info.dim
+                f.ann = AnnIndex.load(ann_dir, name, dim, self.hnsw, view=self.readonly, max_covered=f.next_slot)
+                if f.ann is not None and f.ann.is_view and len(f.ann) < f.next_slot:
+                    f.ann = AnnIndex.load(ann_dir, name, dim, self.hnsw, max_covered=f.next_slot)
+            if f.ann is not None:  # slots committed after the snapshot (or by another process) join the graph
+                f.ann.extend(f.vectors.array(), f.next_slot)
             fields[f.info.name] = f
         self._fields = fields
-
-    @staticmethod
-    def _needs_catch_up(f: _Field, covered: int) -> bool:
-        """A memory-mapped graph cannot change: is it stale (new live slots, or dead ones it still holds)?"""
-        return bool((f.doc_of_slot[covered:] >= 0).any() or (f.doc_of_slot[:covered] < 0).any())
-
-    def _catch_up_ann(self, f: _Field, covered: int, previous: np.ndarray | None) -> None:
-        """Bring a graph that covered slots < ``covered`` up to date: drop dead slots, add new live ones."""
-        assert f.ann is not None
-        head = f.doc_of_slot[:covered]
-        dead = np.flatnonzero(head < 0) if previous is None else np.flatnonzero((head < 0) & (previous[:covered] >= 0))
-        if previous is None:
-            dead = dead[[int(s) in f.ann._index for s in dead]] if len(dead) else dead
-        f.ann.remove(dead)
-        fresh = np.flatnonzero(f.doc_of_slot[covered:] >= 0) + covered
-        if len(fresh):
-            f.ann.add(fresh, f.vectors.array()[fresh])
 
     def _refresh(self) -> None:
         """A reader sees other processes' commits: reload when SQLite's data_version moved."""
@@ -426,8 +423,7 @@ class Collection:
                     if f.slot_of_doc.get(d_id) == s:
                         del f.slot_of_doc[d_id]
                 f.doc_of_slot[dead] = -1
-                if f.ann is not None:
-                    f.ann.remove(dead)
+                f.touch()
             for fname, items in planned.items():
                 f = self._fields[fname]
                 slots = new_slots[fname]
@@ -441,7 +437,7 @@ class Collection:
                 f.doc_of_slot = doc_of_slot
                 f.slot_of_doc.update(zip(owners.tolist(), slots.tolist()))
                 if f.ann is not None:
-                    f.ann.add(slots, fresh)
+                    f.ann.extend(f.vectors.array(), f.next_slot)
             return len(docs)
 
     def remove(self, docid: str) -> bool:
@@ -463,8 +459,7 @@ class Collection:
                 f = self._fields[r["field"]]
                 f.doc_of_slot[int(r["slot"])] = -1
                 f.slot_of_doc.pop(doc, None)
-                if f.ann is not None:
-                    f.ann.remove(np.asarray([int(r["slot"])]))
+                f.touch()
             return True
 
     # ---- reading ---------------------------------------------------------------------------------------
@@ -654,7 +649,9 @@ class Collection:
             n_candidates = len(f.slot_of_doc)
         else:
             n_candidates = sum(1 for d in allowed if d in f.slot_of_doc)
-        exact = nn.approximate is False or n_candidates <= max(self.exact_threshold, k)
+        # Vespa's planner: exact below its approximate-threshold (a filter passing < 5% of the documents)
+        exact = (nn.approximate is False or n_candidates <= max(self.exact_threshold, k)
+                 or (allowed is not None and n_candidates < APPROXIMATE_THRESHOLD * len(f.slot_of_doc)))
         if exact:
             plans.append("exact")
             if allowed is None:  # score every row in place (no gather), then drop dead slots
@@ -687,22 +684,29 @@ class Collection:
         with self._write_lock:  # built under the write lock so no concurrent feed is missed
             if f.ann is None:
                 ann = AnnIndex(f.info.dim, self.hnsw)
-                live = f.live_slots()
-                ann.add(live, f.vectors.array()[live])
+                ann.extend(f.vectors.array(), f.next_slot)
                 f.ann = ann
         ann = f.ann
-        total = max(len(f.slot_of_doc), 1)
-        want = k if allowed is None else int(k * total / max(n_candidates, 1) * 1.5) + k
+        doc_of_slot = f.doc_of_slot
+        rows = min(len(ann), len(doc_of_slot))
+        if allowed is None:
+            allow = f.live_bitmap(rows)
+        else:  # the filter's live slots: the graph is walked through the others, which are never returned
+            mask = np.zeros(rows, dtype=bool)
+            slots = np.fromiter((s for s in map(f.slot_of_doc.get, allowed) if s is not None and s < rows),
+                                dtype=np.int64)
+            mask[slots] = True
+            allow = np.packbits(mask, bitorder="little")
+        ef = k + explore
         while True:
-            keys = ann.search(q, min(want, len(ann)), ef=max(k + explore, want))
-            keys = keys[(keys >= 0) & (keys < len(f.doc_of_slot))]
-            keys = keys[f.doc_of_slot[keys] >= 0]
-            if allowed is not None:
-                keys = keys[np.fromiter((int(d) in allowed for d in f.doc_of_slot[keys]), dtype=bool,
-                                        count=len(keys))]
-            if len(keys) >= min(k, n_candidates) or want >= len(ann):
-                return np.asarray(keys, dtype=np.int64)
-            want *= 4
+            keys = ann.search(q, k, ef=ef, allow=allow)
+            keys = keys[keys < rows]
+            if len(keys) >= min(k, n_candidates):
+                return keys
+            if ef >= rows:  # the graph cannot reach them all: every candidate, scored exactly
+                return f.live_slots() if allowed is None else np.fromiter(
+                    (s for s in map(f.slot_of_doc.get, allowed) if s is not None), dtype=np.int64)
+            ef *= 4  # a filter the beam could not satisfy: widen it rather than return fewer hits
 
 
 def _cap(value: int, name: str, limit: int) -> int:

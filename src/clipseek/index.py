@@ -1,13 +1,22 @@
 """Nearest-neighbour search for one vector field: exact (NumPy over the float32 rows) and HNSW (usearch).
 
 Distances follow Vespa's ``angular`` metric: ``d = arccos(q·a / (|q||a|))`` in radians, and relevance is
-Vespa's ``closeness = 1 / (1 + d)``. The HNSW graph (usearch, half-precision vectors, cosine metric) only
-proposes candidates; every returned hit is re-scored exactly from the float32 rows, so relevance values are
-the same whichever plan ran.
+Vespa's ``closeness = 1 / (1 + d)``.
+
+The HNSW graph only proposes candidates. It holds each vector L2-normalised and quantised to int8 (scaled so the
+field's largest components use the int8 range), compared by inner product, which is the cosine up to
+quantisation noise; a search returns its whole beam (targetHits + exploreAdditionalHits candidates) and every
+candidate is re-scored exactly from the float32 rows, so relevance values are the same whichever plan ran and
+the noise costs no recall (bench/ann.py). int8 is a quarter of float32's memory and the fastest to compare.
+
+The graph's keys are the field's slots (rows of its vector file, appended in order), so it grows by appending
+the rows past the ones it covers. Removed or replaced documents leave dead slots in the graph; searches skip
+them (and slots outside a filter) with a bitmap of the slots that may be returned.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from dataclasses import dataclass
@@ -50,77 +59,110 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return part[np.lexsort((part, -scores[part]))]
 
 
-class AnnIndex:
-    """An HNSW graph over slots of one field; thread-safe; snapshots to ``<dir>/<field>.<n>.usearch``."""
+SNAPSHOT_FORMAT = "usearch-i8-ip-1"
 
-    def __init__(self, dim: int, params: HnswParams) -> None:
+
+class AnnIndex:
+    """An HNSW graph over slots ``0 .. len-1`` of one field; thread-safe; snapshots to ``<dir>/<field>.<n>.usearch``
+    with its quantisation scale in ``<dir>/<field>.<n>.json``."""
+
+    def __init__(self, dim: int, params: HnswParams, scale: float | None = None) -> None:
         import onnxruntime  # noqa: F401  loaded first: importing it after usearch segfaults (ORT 1.32, usearch 2.26)
         from usearch.index import Index
 
         self.dim, self.params = dim, params
+        self.scale = scale
         self.is_view = False
+        self._covered = 0
         self._lock = threading.Lock()
-        self._index = Index(ndim=dim, metric="cos", dtype="f16", connectivity=params.max_links_per_node,
+        self._index = Index(ndim=dim, metric="ip", dtype="i8", connectivity=params.max_links_per_node,
                             expansion_add=params.neighbors_to_explore_at_insert, expansion_search=64)
 
     def __len__(self) -> int:
-        return len(self._index)
+        return self._covered
 
     @property
     def memory_bytes(self) -> int:
         return int(self._index.memory_usage)
 
-    def add(self, slots: np.ndarray, vectors: np.ndarray, threads: int = 0) -> None:
-        if len(slots):
-            with self._lock:
-                self._index.add(slots.astype(np.uint64), np.asarray(vectors, np.float32), threads=threads)
+    def _quantisable(self, rows: np.ndarray) -> np.ndarray:
+        """Normalised rows scaled into [-1, 1] (usearch maps that range onto int8)."""
+        x = np.array(rows, dtype=np.float32, ndmin=2)
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        x /= np.where(norms > 0, norms, 1.0)
+        if self.scale is None:  # from the first rows: the largest components (ignoring 1 in 10,000) fill the range
+            top = float(np.quantile(np.abs(x), 0.9999)) if x.size else 0.0
+            self.scale = 1.0 / max(top, 2.5 / self.dim ** 0.5)
+        return np.clip(x * self.scale, -1.0, 1.0)
 
-    def remove(self, slots: np.ndarray) -> None:
-        if len(slots):
-            with self._lock:
-                self._index.remove(np.asarray(slots, dtype=np.uint64))
-
-    def search(self, query: np.ndarray, count: int, ef: int) -> np.ndarray:
-        """Candidate slots, nearest first; ``ef`` is the search beam (Vespa: targetHits + exploreAdditionalHits)."""
+    def extend(self, rows: np.ndarray, upto: int) -> None:
+        """Add ``rows[len(self):upto]`` (the slots past the ones covered), using all cores."""
         with self._lock:
-            self._index.expansion_search = max(ef, count)  # type: ignore[misc]
-            found = self._index.search(query.astype(np.float32), count, threads=1)
-        return np.asarray(found.keys, dtype=np.int64)
+            start = self._covered
+            if upto <= start:
+                return
+            if self.is_view:
+                raise RuntimeError("a memory-mapped graph cannot grow; load it without view")
+            self._index.add(np.arange(start, upto, dtype=np.uint64), self._quantisable(rows[start:upto]))
+            self._covered = upto
 
-    def save(self, folder: Path, field: str, covered: int) -> Path:
+    def search(self, query: np.ndarray, count: int, ef: int, allow: np.ndarray | None = None) -> np.ndarray:
+        """The beam's candidate slots (at least ``count`` when the graph has them), nearest first by the graph's
+        approximate distance. ``ef`` is the beam (Vespa: targetHits + exploreAdditionalHits); ``allow`` a bitmap
+        (``np.packbits(..., bitorder="little")``) of the slots that may be returned."""
+        width = min(max(ef, count), self._covered)
+        if width <= 0:
+            return np.zeros(0, dtype=np.int64)
+        q = self._quantisable(query)[0]
+        with self._lock:
+            self._index.expansion_search = width  # type: ignore[misc]
+            found = self._index.search(q, width, threads=1)
+        keys = np.asarray(found.keys, dtype=np.int64)
+        if allow is not None:
+            keys = keys[keys < len(allow) * 8]
+            keys = keys[(allow[keys >> 3] >> (keys & 7)) & 1 == 1]
+        return keys
+
+    def save(self, folder: Path, field: str) -> Path:
         """Write a snapshot atomically, named by the slot count it covers; older snapshots are removed."""
         folder.mkdir(parents=True, exist_ok=True)
-        target = folder / f"{field}.{covered}.usearch"
-        tmp = folder / f".{field}.{covered}.tmp"
         with self._lock:
+            covered = self._covered
+            target = folder / f"{field}.{covered}.usearch"
+            meta = folder / f"{field}.{covered}.json"
+            tmp = folder / f".{field}.{covered}.tmp"
+            meta.write_text(json.dumps({"format": SNAPSHOT_FORMAT, "scale": self.scale, "covered": covered}))
             self._index.save(str(tmp))
         os.replace(tmp, target)
-        for old in folder.glob(f"{field}.*.usearch"):
-            if old != target:
+        for old in [*folder.glob(f"{field}.*.usearch"), *folder.glob(f"{field}.*.json")]:
+            if old not in (target, meta):
                 old.unlink(missing_ok=True)
         return target
 
     @classmethod
-    def load(cls, folder: Path, field: str, dim: int, params: HnswParams, *, view: bool = False
-             ) -> tuple[AnnIndex, int] | None:
-        """The newest readable snapshot and the slot count it covers, or None (caller rebuilds).
+    def load(cls, folder: Path, field: str, dim: int, params: HnswParams, *, view: bool = False,
+             max_covered: int | None = None) -> AnnIndex | None:
+        """The newest readable snapshot covering at most ``max_covered`` slots, or None (caller rebuilds).
 
-        ``view`` memory-maps the file instead of reading it (instant; read-only, for readers)."""
+        ``view`` memory-maps the file instead of reading it (instant, shared between processes; read-only)."""
         snapshots = []
         for path in folder.glob(f"{field}.*.usearch"):
             label = path.name[len(field) + 1: -len(".usearch")]
-            if label.isdigit():
+            if label.isdigit() and (max_covered is None or int(label) <= max_covered):
                 snapshots.append((int(label), path))
         for covered, path in sorted(snapshots, reverse=True):
-            index = cls(dim, params)
-            try:
+            try:  # a snapshot of another format (older clipseek) or a torn file: try an older one, else rebuild
+                meta = json.loads(path.with_suffix(".json").read_text())
+                if meta.get("format") != SNAPSHOT_FORMAT or meta.get("covered") != covered:
+                    continue
+                index = cls(dim, params, scale=float(meta["scale"]))
                 if view:
                     index._index.view(str(path))
-                    index.is_view = True
                 else:
                     index._index.load(str(path))
             except Exception:
                 continue
-            if index._index.ndim == dim:
-                return index, covered
+            if index._index.ndim == dim and len(index._index) == covered:
+                index.is_view, index._covered = view, covered
+                return index
         return None

@@ -5,7 +5,8 @@ Layout of a collection folder::
     collection.sqlite         documents, vector-field registry, (doc, field) → slot, meta  (WAL mode)
     vectors/<field>.f32       float32 rows, append-only; row = slot
     vectors/<field>.norm      float32 L2 norm of each row (so opening never re-reads the vectors)
-    ann/<field>.<n>.usearch   HNSW snapshot covering slots < n (rebuilt or caught up on open)
+    ann/<field>.<n>.usearch   HNSW snapshot covering slots < n, + <n>.json (format, int8 scale); caught up
+                              on open, rebuilt when missing or of another format
 
 A feed writes new vector rows first (fsync), then commits one SQLite transaction that points documents at
 them. A crash before the commit leaves only unreferenced rows past ``next_slot``, which the next write
