@@ -516,6 +516,10 @@ class Collection:
         """
         started = time.perf_counter()
         self._refresh()
+        if yql_query is None and filter is None and vector is not None and field is not None \
+                and rank_field in (None, field):
+            return self._vector_search(vector, field, hits, offset, target_hits, approximate,
+                                       explore_additional_hits, model, started)
         tensors = dict(query_tensors or {})
         wanted: set[str] | None = None  # summary fields the YQL selects; None for all
         if yql_query is not None:
@@ -559,6 +563,26 @@ class Collection:
         total_docs = len(self)
         return SearchResult(result_hits, len(ordered), total_docs, "+".join(plans) or "filter",
                             time.perf_counter() - started)
+
+    def _vector_search(self, vector: Any, field: str, hits: int, offset: int, target_hits: int | None,
+                       approximate: bool | None, explore: int, model: str | None, started: float) -> SearchResult:
+        """``search`` for one vector without YQL or filters: the same plan and order, without the where-tree."""
+        f = self._field(field)
+        if model is not None and f.info.model != model:
+            raise VectorError(f"field {field} holds vectors of model {f.info.model}, but the query was "
+                              f"encoded with {model}: encode it with {f.info.model}")
+        q = self.query_vector(field, vector)
+        target = target_hits if target_hits is not None else max(hits + offset, DEFAULT_TARGET_HITS)
+        k = _cap(target, "targetHits", MAX_TARGET_HITS)
+        hits, offset = _cap(hits, "hits", MAX_HITS), _cap(offset, "offset", MAX_OFFSET)
+        plans: list[str] = []
+        docs, rel, _cos = self._knn(f, q, k, explore, approximate, None, plans)
+        order = np.lexsort((docs, -rel))[offset: offset + hits]  # relevance, then document: as the YQL path
+        ids = docs[order].tolist()
+        found = self._summaries(ids)
+        result_hits = [Hit(found[d]["docid"], r, found[d]["fields"])
+                       for d, r in zip(ids, rel[order].tolist()) if d in found]
+        return SearchResult(result_hits, len(docs), self._count, plans[0], time.perf_counter() - started)
 
     def _summaries(self, doc_ids: list[int]) -> dict[int, dict[str, Any]]:
         if not doc_ids:
@@ -644,13 +668,24 @@ class Collection:
                              f"input.query({nn.tensor}), which the request does not give")
         q = self.query_vector(nn.field, tensors[nn.tensor])
         k = _cap(nn.target_hits or 10, "targetHits", MAX_TARGET_HITS)
+        docs, rel, cos = self._knn(f, q, k, nn.explore_additional_hits, nn.approximate, allowed, plans)
+        out: dict[int, float] = {}
+        for d, value, c in zip(docs.tolist(), rel.tolist(), cos.tolist()):
+            if nn.distance_threshold is not None and math.acos(max(-1.0, min(1.0, c))) > nn.distance_threshold:
+                continue
+            out[d] = value
+        return out
+
+    def _knn(self, f: _Field, q: np.ndarray, k: int, explore: int, approximate: bool | None,
+             allowed: set[int] | None, plans: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The ``k`` nearest live documents (of ``allowed``): (doc ids, closeness, cosine), best first."""
         doc_of_slot = f.doc_of_slot  # one consistent snapshot for this search
         if allowed is None:
             n_candidates = len(f.slot_of_doc)
         else:
             n_candidates = sum(1 for d in allowed if d in f.slot_of_doc)
         # Vespa's planner: exact below its approximate-threshold (a filter passing < 5% of the documents)
-        exact = (nn.approximate is False or n_candidates <= max(self.exact_threshold, k)
+        exact = (approximate is False or n_candidates <= max(self.exact_threshold, k)
                  or (allowed is not None and n_candidates < APPROXIMATE_THRESHOLD * len(f.slot_of_doc)))
         if exact:
             plans.append("exact")
@@ -666,28 +701,22 @@ class Collection:
                 cos = cosines(f.vectors.array()[slots], f.norms[slots], q)
         else:
             plans.append("hnsw")
-            slots = self._ann_candidates(f, q, k, nn.explore_additional_hits, allowed, n_candidates)
+            slots = self._ann_candidates(f, doc_of_slot, q, k, explore, allowed, n_candidates)
             cos = cosines(f.vectors.array()[slots], f.norms[slots], q)
         if len(slots) == 0 or k == 0:
-            return {}
+            empty = np.zeros(0)
+            return empty.astype(np.int64), empty, empty
         best = top_k(cos, k)
-        rel = closeness(cos[best])
-        out: dict[int, float] = {}
-        for slot, value, c in zip(slots[best].tolist(), rel.tolist(), cos[best].tolist()):
-            if nn.distance_threshold is not None and math.acos(max(-1.0, min(1.0, c))) > nn.distance_threshold:
-                continue
-            out[int(doc_of_slot[slot])] = value
-        return out
+        return doc_of_slot[slots[best]], closeness(cos[best]), cos[best]
 
-    def _ann_candidates(self, f: _Field, q: np.ndarray, k: int, explore: int, allowed: set[int] | None,
-                        n_candidates: int) -> np.ndarray:
+    def _ann_candidates(self, f: _Field, doc_of_slot: np.ndarray, q: np.ndarray, k: int, explore: int,
+                        allowed: set[int] | None, n_candidates: int) -> np.ndarray:
         with self._write_lock:  # built under the write lock so no concurrent feed is missed
             if f.ann is None:
                 ann = AnnIndex(f.info.dim, self.hnsw)
                 ann.extend(f.vectors.array(), f.next_slot)
                 f.ann = ann
         ann = f.ann
-        doc_of_slot = f.doc_of_slot
         rows = min(len(ann), len(doc_of_slot))
         if allowed is None:
             allow = f.live_bitmap(rows)

@@ -40,12 +40,12 @@ def closeness(cosine: np.ndarray) -> np.ndarray:
 
 
 def cosines(rows: np.ndarray, norms: np.ndarray, query: np.ndarray) -> np.ndarray:
-    qn = float(np.linalg.norm(query))
-    dots = rows @ query.astype(np.float32)
-    denom = norms * qn
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.where(denom > 0, dots / np.where(denom > 0, denom, 1), 0.0)
-    return np.asarray(out, dtype=np.float64)
+    """Cosine of each row with ``query`` (0 where either is the zero vector), as float64."""
+    q = np.asarray(query, dtype=np.float32)
+    denom = norms * np.float32(np.sqrt(float(q @ q)))
+    out = np.zeros(len(rows), dtype=np.float64)
+    np.divide(rows @ q, denom, out=out, where=denom > 0)
+    return out
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -113,7 +113,9 @@ class AnnIndex:
         width = min(max(ef, count), self._covered)
         if width <= 0:
             return np.zeros(0, dtype=np.int64)
-        q = self._quantisable(query)[0]
+        q = np.asarray(query, dtype=np.float32)
+        norm = float(np.sqrt(q @ q))
+        q = np.clip(q * np.float32(self.scale / norm if norm > 0 else 0.0), -1.0, 1.0)  # as _quantisable
         with self._lock:
             self._index.expansion_search = width  # type: ignore[misc]
             found = self._index.search(q, width, threads=1)
