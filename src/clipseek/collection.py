@@ -428,7 +428,6 @@ class Collection:
                 f = self._fields[fname]
                 slots = new_slots[fname]
                 owners = np.asarray([doc_ids[i] for i, _, _ in items], dtype=np.int64)
-                fresh = np.stack([v for _, _, v in items])
                 # publish in an order where a concurrent search never sees a slot without its vector/norm
                 f.norms = np.concatenate([f.norms[: slots[0]], planned_norms[fname]])
                 f.vectors.commit(int(slots[-1]) + 1)

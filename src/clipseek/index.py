@@ -115,7 +115,8 @@ class AnnIndex:
             return np.zeros(0, dtype=np.int64)
         q = np.asarray(query, dtype=np.float32)
         norm = float(np.sqrt(q @ q))
-        q = np.clip(q * np.float32(self.scale / norm if norm > 0 else 0.0), -1.0, 1.0)  # as _quantisable
+        factor = (self.scale or 1.0) / norm if norm > 0 else 0.0  # (scale is set once the graph has rows)
+        q = np.clip(q * factor, -1.0, 1.0).astype(np.float32)  # as _quantisable
         with self._lock:
             self._index.expansion_search = width  # type: ignore[misc]
             found = self._index.search(q, width, threads=1)
