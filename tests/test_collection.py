@@ -294,6 +294,29 @@ def test_newer_format_is_refused_with_upgrade_message(tmp_path):
         Collection.open(tmp_path / "c")
 
 
+def test_format_1_collections_are_migrated_even_by_a_reader(tmp_path):
+    import sqlite3
+    with Collection.create(tmp_path / "c") as c:
+        c.add_field("tiny_image", "tiny", DIM)
+        c.feed(make_docs(5))
+    db = sqlite3.connect(tmp_path / "c" / "collection.sqlite")  # back to format 1: no namespace column
+    db.execute("ALTER TABLE documents DROP COLUMN namespace")
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+    with Collection.open(tmp_path / "c", readonly=True) as reader:
+        assert len(reader) == 5 and reader.get("d3").namespace is None
+        assert reader.search(np.ones(DIM), field="tiny_image", hits=5).hits[0].namespace is None
+    db = sqlite3.connect(tmp_path / "c" / "collection.sqlite")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    db.close()
+    with Collection.open(tmp_path / "c") as c:
+        c.feed([Document("other", namespace="photos", vectors={"tiny_image": np.ones(DIM)})])
+        c.put(Document("mine", namespace=c.namespace, vectors={"tiny_image": -np.ones(DIM)}))
+        assert c.get("other").namespace == "photos" and c.get("mine").namespace is None
+        assert c.search(np.ones(DIM), field="tiny_image", hits=1).hits[0].namespace == "photos"
+
+
 def test_visit_pages_through_everything(coll):
     coll.feed(make_docs(25))
     seen, cont = [], 0

@@ -161,6 +161,23 @@ def test_pyvespa_feed_get_update_delete_visit(served):
     assert len(seen) >= 99 and "id:default:image_search::fed3" not in seen
 
 
+def test_documents_keep_the_namespace_they_were_fed_under(served):
+    """pyvespa's default namespace is the schema name: hits and gets say id:image_search:image_search::…"""
+    url, port, _, _ = served
+    app = vespa_app.Vespa(url="http://127.0.0.1", port=port)
+    vec = np.random.default_rng(11).standard_normal(96).tolist()
+    assert app.feed_data_point(schema="image_search", data_id="ns-1", fields={"tiny_image": vec}).is_successful()
+    res = app.query(body={"yql": "select * from sources * where {targetHits:5}nearestNeighbor(tiny_image, q)",
+                          "input.query(q)": vec, "hits": 2})
+    assert res.hits[0]["id"] == "id:image_search:image_search::ns-1"
+    assert res.hits[0]["fields"]["documentid"] == "id:image_search:image_search::ns-1"
+    assert res.hits[1]["id"].startswith("id:default:image_search::")  # indexed ones: the collection's namespace
+    assert app.get_data(schema="image_search", data_id="ns-1").json["id"] == "id:image_search:image_search::ns-1"
+    status, page = http(f"{url}/document/v1/?cluster=image_search&wantedDocumentCount=1000")
+    assert status == 200 and "id:image_search:image_search::ns-1" in [d["id"] for d in page["documents"]]
+    assert app.delete_data(schema="image_search", data_id="ns-1").is_successful()
+
+
 def test_pyvespa_async_feed_and_query_over_h2c(served):
     """pyvespa's async layer speaks only HTTP/2 cleartext (prior knowledge); an HTTP/1.1-only server gives 599s."""
     import asyncio

@@ -56,6 +56,7 @@ class Document:
     indexed_at: float | None = None
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    namespace: str | None = None  # Vespa's id:<namespace>:…; None for the collection's own
 
     def attributes(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in SUMMARY_FIELDS if getattr(self, k) is not None}
@@ -73,6 +74,7 @@ class Hit:
     docid: str
     relevance: float
     fields: dict[str, Any]
+    namespace: str | None = None  # the document's own, when it was fed under another than the collection's
 
 
 @dataclass
@@ -342,13 +344,14 @@ class Collection:
         self._write([document], replace=True)
 
     def update(self, docid: str, *, attributes: Mapping[str, Any] | None = None,
-               vectors: Mapping[str, Any] | None = None, create: bool = False) -> bool:
-        """Assign some attributes/vectors of one document; False when it does not exist (and not ``create``)."""
+               vectors: Mapping[str, Any] | None = None, create: bool = False, namespace: str | None = None) -> bool:
+        """Assign some attributes/vectors of one document; False when it does not exist (and not ``create``).
+        ``namespace`` is the one a created document gets; an existing document keeps its own."""
         with self._write_lock:
             current = self.get(docid)
             if current is None and not create:
                 return False
-            doc = current or Document(docid)
+            doc = current or Document(docid, namespace=namespace)
             for key, value in (attributes or {}).items():
                 if key in SUMMARY_FIELDS:
                     setattr(doc, key, value)
@@ -388,12 +391,13 @@ class Collection:
             try:
                 for d in docs:
                     row = db.execute(
-                        f"INSERT INTO documents(docid, {', '.join(SUMMARY_FIELDS)}, extra) "
-                        f"VALUES (?, {', '.join('?' for _ in SUMMARY_FIELDS)}, ?) "
+                        f"INSERT INTO documents(docid, {', '.join(SUMMARY_FIELDS)}, extra, namespace) "
+                        f"VALUES (?, {', '.join('?' for _ in SUMMARY_FIELDS)}, ?, ?) "
                         f"ON CONFLICT(docid) DO UPDATE SET "
-                        f"{', '.join(f'{c}=excluded.{c}' for c in SUMMARY_FIELDS)}, extra=excluded.extra "
-                        "RETURNING id",
-                        (d.docid, *[getattr(d, c) for c in SUMMARY_FIELDS], json.dumps(d.extra) if d.extra else None),
+                        f"{', '.join(f'{c}=excluded.{c}' for c in SUMMARY_FIELDS)}, extra=excluded.extra, "
+                        "namespace=excluded.namespace RETURNING id",
+                        (d.docid, *[getattr(d, c) for c in SUMMARY_FIELDS], json.dumps(d.extra) if d.extra else None,
+                         None if d.namespace in (None, self.namespace) else d.namespace),
                     ).fetchone()
                     doc_ids.append(int(row[0]))
                 for i, (d, vecs) in enumerate(zip(docs, checked)):
@@ -476,7 +480,7 @@ class Collection:
         return None if row is None else self._document(row, with_vectors)
 
     def _document(self, row: sqlite3.Row, with_vectors: bool) -> Document:
-        doc = Document(row["docid"], **{c: row[c] for c in SUMMARY_FIELDS})
+        doc = Document(row["docid"], **{c: row[c] for c in SUMMARY_FIELDS}, namespace=row["namespace"])
         if row["extra"]:
             doc.extra = json.loads(row["extra"])
         if with_vectors:
@@ -558,7 +562,8 @@ class Collection:
         page = ordered[offset: offset + hits]
         docs = self._summaries([d for d, _ in page])
         result_hits = [Hit(docs[d]["docid"], float(rel), docs[d]["fields"] if wanted is None else
-                           {k: v for k, v in docs[d]["fields"].items() if k in wanted}) for d, rel in page if d in docs]
+                           {k: v for k, v in docs[d]["fields"].items() if k in wanted}, docs[d]["namespace"])
+                       for d, rel in page if d in docs]
         total_docs = len(self)
         return SearchResult(result_hits, len(ordered), total_docs, "+".join(plans) or "filter",
                             time.perf_counter() - started)
@@ -579,7 +584,7 @@ class Collection:
         order = np.lexsort((docs, -rel))[offset: offset + hits]  # relevance, then document: as the YQL path
         ids = docs[order].tolist()
         found = self._summaries(ids)
-        result_hits = [Hit(found[d]["docid"], r, found[d]["fields"])
+        result_hits = [Hit(found[d]["docid"], r, found[d]["fields"], found[d]["namespace"])
                        for d, r in zip(ids, rel[order].tolist()) if d in found]
         return SearchResult(result_hits, len(docs), self._count, plans[0], time.perf_counter() - started)
 
@@ -589,11 +594,11 @@ class Collection:
         marks = ",".join("?" for _ in doc_ids)
         conn = self._conn()
         conn.row_factory = None  # plain tuples: the summary path runs once per query
-        rows = conn.execute(f"SELECT id, docid, {', '.join(SUMMARY_FIELDS)} FROM documents WHERE id IN ({marks})",
-                            doc_ids).fetchall()
+        rows = conn.execute(f"SELECT id, docid, namespace, {', '.join(SUMMARY_FIELDS)} FROM documents "
+                            f"WHERE id IN ({marks})", doc_ids).fetchall()
         conn.row_factory = sqlite3.Row
-        return {int(r[0]): {"docid": r[1], "fields": {c: v for c, v in zip(SUMMARY_FIELDS, r[2:]) if v is not None}}
-                for r in rows}
+        return {int(r[0]): {"docid": r[1], "namespace": r[2],
+                            "fields": {c: v for c, v in zip(SUMMARY_FIELDS, r[3:]) if v is not None}} for r in rows}
 
     def _evaluate(self, node: yql.Node, allowed: set[int] | None, tensors: Mapping[str, Any], plans: list[str]
                   ) -> tuple[set[int] | None, dict[str, dict[int, float]]]:

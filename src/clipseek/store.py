@@ -27,7 +27,7 @@ import numpy as np
 from .errors import CollectionVersionError, NotACollectionError
 
 DB_FILE = "collection.sqlite"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 DOC_COLUMNS = ("image_file_name", "path", "size", "mtime", "content_hash", "width", "height", "format", "indexed_at")
 
@@ -67,8 +67,14 @@ def _migration_1(db: sqlite3.Connection) -> None:
     )
 
 
+def _migration_2(db: sqlite3.Connection) -> None:
+    """Each document keeps the namespace it was fed under (Vespa's ``id:<namespace>:image_search::<id>``);
+    NULL means the collection's own namespace."""
+    db.execute("ALTER TABLE documents ADD COLUMN namespace TEXT")
+
+
 #: Numbered migrations: MIGRATIONS[i] takes a database from version i to i + 1.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2]
 assert len(MIGRATIONS) == FORMAT_VERSION
 
 
@@ -102,7 +108,12 @@ def connect(folder: Path, *, create: bool, readonly: bool = False) -> sqlite3.Co
             db.execute("COMMIT")
     elif version < FORMAT_VERSION:
         db.close()
-        raise NotACollectionError(folder, f"format {version} needs a migration: open it once for writing")
+        try:  # a reader of an older collection migrates it first when it may (the migrations are small)
+            connect(folder, create=False).close()
+        except (sqlite3.Error, OSError) as exc:
+            raise NotACollectionError(folder, f"format {version} needs a migration, which failed here ({exc}): "
+                                              "open it once for writing, e.g. with `clipseek index`") from exc
+        return connect(folder, create=False, readonly=True)
     return db
 
 

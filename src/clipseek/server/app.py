@@ -179,7 +179,7 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
             return search_error(4, str(exc), 400)
         children = []
         for hit in result.hits:
-            doc_id = f"id:{collection.namespace}:{DOCUMENT_TYPE}::{hit.docid}"
+            doc_id = f"id:{hit.namespace or collection.namespace}:{DOCUMENT_TYPE}::{hit.docid}"
             fields = {"sddocname": DOCUMENT_TYPE, "documentid": doc_id, **hit.fields}
             children.append({"id": doc_id, "relevance": hit.relevance, "source": source, "fields": fields})
         root: dict[str, Any] = {
@@ -235,6 +235,8 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
         raise FieldError(f"No field '{name}' in the structure of type '{DOCUMENT_TYPE}'; fields are: {valid}")
 
     def render_doc(doc: Document, ns: str, form: str, field_set: str | None = None) -> dict[str, Any]:
+        """A document as the document API returns it; ``ns`` names it unless it was fed under its own."""
+        ns = doc.namespace or ns
         if field_set == "[id]":  # Vespa's field set of ids only (`vespa visit --field-set '[id]'`)
             return {"id": f"id:{ns}:{DOCUMENT_TYPE}::{doc.docid}"}
         fields: dict[str, Any] = dict(doc.attributes())
@@ -255,6 +257,7 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
                 doc = await asyncio.to_thread(shared.for_search().get, docid)
                 if doc is None:
                     return JSON({"pathId": path, "id": full_id}, status_code=404)
+                doc.namespace = None  # a get answers with the id it was asked for
                 return JSON({"pathId": path, **render_doc(doc, ns, form)})
             collection = shared.for_write()
             if request.method == "DELETE":
@@ -269,7 +272,9 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
             if not isinstance(fields, dict):
                 raise QueryError("the body must be a JSON object with a 'fields' object")
             if request.method == "POST":
-                await asyncio.to_thread(collection.put, to_document(collection, docid, fields))
+                doc = to_document(collection, docid, fields)
+                doc.namespace = ns
+                await asyncio.to_thread(collection.put, doc)
                 return JSON({"pathId": path, "id": full_id})
             create = request.query_params.get("create", "false").lower() == "true"
             attributes, vectors = {}, {}
@@ -281,7 +286,8 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
                 else:
                     fname = ensure_field(collection, name)
                     vectors[fname] = parse_tensor(op["assign"], f"field {name}")
-            await asyncio.to_thread(collection.update, docid, attributes=attributes, vectors=vectors, create=create)
+            await asyncio.to_thread(collection.update, docid, attributes=attributes, vectors=vectors, create=create,
+                                    namespace=ns)
             return JSON({"pathId": path, "id": full_id})
         except Busy as exc:
             return doc_error(path, str(exc), 503)

@@ -38,9 +38,10 @@ def feed_collection(coll: Collection, url: str, *, namespace: str | None = None,
     report = FeedReport()
     total = len(coll)
 
-    def docs() -> Iterator[dict[str, Any]]:
+    def docs(space: str | None) -> Iterator[dict[str, Any]]:
         for doc in coll.iter_documents():
-            yield {"id": doc.docid, "fields": vespa_fields(doc)}
+            if doc.namespace == space:
+                yield {"id": doc.docid, "fields": vespa_fields(doc)}
 
     def done(response: Any, docid: str) -> None:
         if response.is_successful():
@@ -50,5 +51,9 @@ def feed_collection(coll: Collection, url: str, *, namespace: str | None = None,
         if progress:
             progress(report.ok + len(report.failed), total)
 
-    app.feed_iterable(docs(), schema=DOCUMENT_TYPE, namespace=namespace or coll.namespace, callback=done)
+    # documents fed under their own namespace keep it; the others get ``namespace`` or the collection's
+    spaces = {doc.namespace for doc in coll.iter_documents(with_vectors=False)}
+    for space in sorted(spaces, key=lambda s: s or ""):
+        app.feed_iterable(docs(space), schema=DOCUMENT_TYPE, namespace=space or namespace or coll.namespace,
+                          callback=done)
     return report
