@@ -28,3 +28,15 @@ def flickr() -> Path:
 def flickr_captions(root: Path) -> list[str]:
     with open(root / "captions.txt", encoding="utf-8") as fh:
         return [line.rstrip("\n").split("\t", 1)[1] for line in fh if "\t" in line]
+
+
+def indexed_gallery(base: Path, n: int, seed: int, model=None) -> tuple[Path, Path]:
+    """A `clipseek synth` gallery of ``n`` images under ``base/g``, indexed with the tiny model into ``base/c``."""
+    from clipseek import load_model, synth
+    from clipseek.collection import Collection
+    from clipseek.indexer import Indexer
+
+    gallery = synth.write_dataset(base / "g", n, seed=seed)
+    with Collection.create(base / "c") as coll:
+        Indexer(coll, model or load_model("tiny")).run([gallery / "images"])
+    return gallery, base / "c"

@@ -317,6 +317,15 @@ def test_format_1_collections_are_migrated_even_by_a_reader(tmp_path):
         assert c.search(np.ones(DIM), field="tiny_image", hits=1).hits[0].namespace == "photos"
 
 
+def test_documents_by_namespace(coll):
+    coll.feed(make_docs(3))
+    coll.feed([Document("p1", namespace="photos", vectors={"tiny_image": np.ones(DIM)})])
+    assert coll.namespaces() == {None, "photos"}
+    assert [d.docid for d in coll.iter_documents(only_namespace=True, namespace="photos")] == ["p1"]
+    assert [d.docid for d in coll.iter_documents(only_namespace=True)] == ["d0", "d1", "d2"]
+    assert len(list(coll.iter_documents())) == 4
+
+
 def test_visit_pages_through_everything(coll):
     coll.feed(make_docs(25))
     seen, cont = [], 0

@@ -121,7 +121,7 @@ def test_local_dir_spec_comes_from_the_manifest(exported):
 def test_vespa_embedder_form_matches_torch(exported, tmp_path, flickr):
     """The text tower as Vespa's hugging-face-embedder runs it (100 captions) = open_clip's encode_text."""
     from clipseek.tokenizer import get_tokenizer
-    from clipseek.vespa.embedder import write_embedder
+    from clipseek.vespa.embedder import write_embedder, write_tokenizer
     from clipseek.vespa.export import Embedder, services_text
 
     from .conftest import flickr_captions
@@ -129,6 +129,7 @@ def test_vespa_embedder_form_matches_torch(exported, tmp_path, flickr):
 
     spec, clip, folder = exported
     files = write_embedder(folder / "text.onnx", tmp_path, spec.slug)
+    write_tokenizer(tmp_path)
     (tmp_path / "services.xml").write_text(services_text(embedders=[Embedder(spec.slug, "q", files)]))
     captions = flickr_captions(flickr)[7::400][:100]
     got = PackageEmbedder(tmp_path, spec.slug).embed(captions)

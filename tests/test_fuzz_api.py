@@ -7,18 +7,16 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis")
 import hypothesis  # noqa: E402
 
-from clipseek import load_model, synth  # noqa: E402
-from clipseek.collection import Collection  # noqa: E402
-from clipseek.indexer import Indexer  # noqa: E402
+from clipseek import load_model  # noqa: E402
 from clipseek.server import create_app  # noqa: E402
+
+from .conftest import indexed_gallery  # noqa: E402
 
 
 def make_app(tmp_path_factory):
     base = tmp_path_factory.mktemp("fuzz")
-    gallery = synth.write_dataset(base / "g", 20, seed=91)
     tiny = load_model("tiny")
-    with Collection.create(base / "c") as coll:
-        Indexer(coll, tiny).run([gallery / "images"])
+    indexed_gallery(base, 20, seed=91, model=tiny)
     return create_app(base / "c", encoders=lambda _m: tiny, default_model="tiny")
 
 

@@ -59,13 +59,19 @@ def library_top(caption: str, gallery: Path) -> str:
     return names[int((vecs @ model.embed_texts([caption])[0]).argmax())]
 
 
-def test_search_detail_more_like_this_upload_compare(site):
-    browser, url, captions, gallery = site
-    page = browser.new_page(viewport={"width": 1200, "height": 900})
-    errors = []
+def open_page(browser, url, width=1280, height=720):
+    """The page loaded and its model list filled; page errors (uncaught JavaScript) collect in the list."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(url)
     page.wait_for_selector("#model option", state="attached")
+    return page, errors
+
+
+def test_search_detail_more_like_this_upload_compare(site):
+    browser, url, captions, gallery = site
+    page, errors = open_page(browser, url, width=1200, height=900)
     name, caption = captions[30]
     page.fill("#q", caption)
     page.keyboard.press("Enter")
@@ -99,9 +105,7 @@ def test_search_detail_more_like_this_upload_compare(site):
 
 def test_errors_are_shown_in_words(site):
     browser, url, _, _ = site
-    page = browser.new_page()
-    page.goto(url)
-    page.wait_for_selector("#model option", state="attached")
+    page, _errors = open_page(browser, url)
     page.keyboard.press("Enter")  # nothing typed
     page.wait_for_selector("#error:not([hidden])")
     assert "Type what you are looking for" in page.inner_text("#error")
@@ -109,11 +113,7 @@ def test_errors_are_shown_in_words(site):
 
 def test_phone_width_and_keyboard(site):
     browser, url, captions, _ = site
-    page = browser.new_page(viewport={"width": 390, "height": 800})
-    errors = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(url)
-    page.wait_for_selector("#model option", state="attached")
+    page, errors = open_page(browser, url, width=390, height=800)
     page.fill("#q", captions[3][1])
     page.keyboard.press("Enter")
     page.wait_for_selector("#pane1 .card")

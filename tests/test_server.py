@@ -14,8 +14,8 @@ import pytest
 
 from clipseek import load_model, synth
 from clipseek.collection import Collection
-from clipseek.indexer import Indexer
 
+from .conftest import indexed_gallery
 from .serving import env_for, running_server
 
 vespa_app = pytest.importorskip("vespa.application")
@@ -24,10 +24,7 @@ vespa_app = pytest.importorskip("vespa.application")
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     base = tmp_path_factory.mktemp("serve")
-    gallery = synth.write_dataset(base / "g", 80, seed=61)
-    coll_dir = base / "c"
-    with Collection.create(coll_dir) as coll:
-        Indexer(coll, load_model("tiny")).run([gallery / "images"])
+    gallery, coll_dir = indexed_gallery(base, 80, seed=61)
     captions = [line.split("\t", 1) for line in (gallery / "captions.txt").read_text().splitlines()]
     with running_server(coll_dir, base, "--model", "tiny") as (url, port):
         yield url, port, captions, coll_dir
@@ -122,12 +119,17 @@ def test_bad_queries_are_vespa_shaped_400s(served, params, code):
     assert err["code"] == code and err["summary"] and err["message"]
 
 
+def random_docs(prefix: str, n: int, seed: int) -> list[dict]:
+    """pyvespa feed items: ``<prefix><i>`` with a file name and a random tiny_image vector."""
+    rng = np.random.default_rng(seed)
+    return [{"id": f"{prefix}{i}", "fields": {"image_file_name": f"{prefix}{i}.png",
+                                               "tiny_image": rng.standard_normal(96).tolist()}} for i in range(n)]
+
+
 def test_pyvespa_feed_get_update_delete_visit(served):
     url, port, _, _ = served
     app = vespa_app.Vespa(url="http://127.0.0.1", port=port)
-    rng = np.random.default_rng(0)
-    docs = [{"id": f"fed{i}", "fields": {"image_file_name": f"fed{i}.png", "tiny_image": rng.standard_normal(96).tolist()}}
-            for i in range(20)]
+    docs = random_docs("fed", 20, seed=0)
     results = []
     app.feed_iterable(docs, schema="image_search", namespace="default", callback=lambda r, i: results.append(r))
     assert len(results) == 20 and all(r.is_successful() for r in results)
@@ -184,9 +186,7 @@ def test_pyvespa_async_feed_and_query_over_h2c(served):
 
     url, port, captions, coll_dir = served
     app = vespa_app.Vespa(url="http://127.0.0.1", port=port)
-    rng = np.random.default_rng(1)
-    docs = [{"id": f"h2-{i}", "fields": {"image_file_name": f"h2-{i}.png", "tiny_image": rng.standard_normal(96).tolist()}}
-            for i in range(30)]
+    docs = random_docs("h2-", 30, seed=1)
     statuses = []
     app.feed_async_iterable(docs, schema="image_search", namespace="default",
                             callback=lambda r, i: statuses.append(r.status_code))

@@ -11,16 +11,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from clipseek import load_model, synth
+from clipseek import load_model
 from clipseek.cli import main
 from clipseek.collection import Collection
-from clipseek.indexer import Indexer
 
 from clipseek.errors import VespaDeployError
 from clipseek.vespa.deploy import deploy_package, docker_problem
 from clipseek.vespa.embedder import build_tokenizer
 
-from .conftest import flickr_captions
+from .conftest import flickr_captions, indexed_gallery
 from .serving import env_for, running_server
 from .test_tokenizer import EDGE_CASES
 from .vespa_embedder import PackageEmbedder
@@ -30,11 +29,7 @@ pytest.importorskip("vespa.application")
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    base = tmp_path_factory.mktemp("vespa")
-    gallery = synth.write_dataset(base / "g", 30, seed=111)
-    with Collection.create(base / "a") as coll:
-        Indexer(coll, load_model("tiny")).run([gallery / "images"])
-    return base / "a"
+    return indexed_gallery(tmp_path_factory.mktemp("vespa"), 30, seed=111)[1]
 
 
 @pytest.fixture(scope="module")

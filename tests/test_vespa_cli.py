@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipseek import load_model, synth
+from clipseek import load_model
 from clipseek.collection import Collection
-from clipseek.indexer import Indexer
 
+from .conftest import indexed_gallery
 from .serving import running_server
 
 
@@ -35,11 +35,7 @@ def _vespa_binary() -> str:
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    base = tmp_path_factory.mktemp("cli")
-    gallery = synth.write_dataset(base / "g", 25, seed=4242)
-    with Collection.create(base / "a") as coll:
-        Indexer(coll, load_model("tiny")).run([gallery / "images"])
-    return base / "a"
+    return indexed_gallery(tmp_path_factory.mktemp("cli"), 25, seed=4242)[1]
 
 
 @pytest.fixture()

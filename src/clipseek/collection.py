@@ -490,21 +490,30 @@ class Collection:
                     doc.vectors[fname] = np.array(f.vectors.array()[slot])
         return doc
 
-    def visit(self, *, continuation: int = 0, count: int = 100, with_vectors: bool = True
-              ) -> tuple[list[Document], int | None]:
-        """Documents in id order after ``continuation``; the next continuation, or None at the end."""
+    def visit(self, *, continuation: int = 0, count: int = 100, with_vectors: bool = True,
+              only_namespace: bool = False, namespace: str | None = None) -> tuple[list[Document], int | None]:
+        """Documents in id order after ``continuation``; the next continuation, or None at the end.
+        With ``only_namespace``, just those fed under ``namespace`` (None: the collection's own)."""
         self._refresh()
-        rows = self._conn().execute("SELECT * FROM documents WHERE id > ? ORDER BY id LIMIT ?",
-                                    (continuation, count + 1)).fetchall()
+        where, args = ("AND namespace IS ?", [namespace]) if only_namespace else ("", [])
+        rows = self._conn().execute(f"SELECT * FROM documents WHERE id > ? {where} ORDER BY id LIMIT ?",
+                                    (continuation, *args, count + 1)).fetchall()
         more = len(rows) > count
         rows = rows[:count]
         return [self._document(r, with_vectors) for r in rows], (int(rows[-1]["id"]) if more else None)
 
-    def iter_documents(self, with_vectors: bool = True) -> Iterator[Document]:
+    def iter_documents(self, with_vectors: bool = True, *, only_namespace: bool = False,
+                       namespace: str | None = None) -> Iterator[Document]:
         cont: int | None = 0
         while cont is not None:
-            docs, cont = self.visit(continuation=cont, count=500, with_vectors=with_vectors)
+            docs, cont = self.visit(continuation=cont, count=500, with_vectors=with_vectors,
+                                    only_namespace=only_namespace, namespace=namespace)
             yield from docs
+
+    def namespaces(self) -> set[str | None]:
+        """The namespaces documents were fed under (None: the collection's own)."""
+        self._refresh()
+        return {r[0] for r in self._conn().execute("SELECT DISTINCT namespace FROM documents")}
 
     # ---- searching -------------------------------------------------------------------------------------
     def search(self, vector: Any = None, *, field: str | None = None, yql_query: str | None = None,
@@ -540,11 +549,7 @@ class Collection:
             target = target_hits if target_hits is not None else max(hits + offset, DEFAULT_TARGET_HITS)
             where = yql.NearestNeighbor(field, "q", target, approximate, explore_additional_hits)
             tensors["q"] = vector
-            if model is not None:
-                info = self._field(field).info
-                if info.model != model:
-                    raise VectorError(f"field {field} holds vectors of model {info.model}, but the query was "
-                                      f"encoded with {model}: encode it with {info.model}")
+            _check_model(self._field(field), model)
         if filter is not None:
             where = yql.And((where, *filter.predicates()))
         hits, offset = _cap(hits, "hits", MAX_HITS), _cap(offset, "offset", MAX_OFFSET)
@@ -572,9 +577,7 @@ class Collection:
                        approximate: bool | None, explore: int, model: str | None, started: float) -> SearchResult:
         """``search`` for one vector without YQL or filters: the same plan and order, without the where-tree."""
         f = self._field(field)
-        if model is not None and f.info.model != model:
-            raise VectorError(f"field {field} holds vectors of model {f.info.model}, but the query was "
-                              f"encoded with {model}: encode it with {f.info.model}")
+        _check_model(f, model)
         q = self.query_vector(field, vector)
         target = target_hits if target_hits is not None else max(hits + offset, DEFAULT_TARGET_HITS)
         k = _cap(target, "targetHits", MAX_TARGET_HITS)
@@ -740,6 +743,13 @@ class Collection:
                 return f.live_slots() if allowed is None else np.fromiter(
                     (s for s in map(f.slot_of_doc.get, allowed) if s is not None), dtype=np.int64)
             ef *= 4  # a filter the beam could not satisfy: widen it rather than return fewer hits
+
+
+def _check_model(f: _Field, model: str | None) -> None:
+    """A query encoded with ``model`` may only search a field of that model's vectors."""
+    if model is not None and f.info.model != model:
+        raise VectorError(f"field {f.info.name} holds vectors of model {f.info.model}, but the query was "
+                          f"encoded with {model}: encode it with {f.info.model}")
 
 
 def _cap(value: int, name: str, limit: int) -> int:

@@ -5,8 +5,8 @@ the ONNX model ``input_ids`` and ``attention_mask`` (``[1, n]``, no padding, no 
 empty), reads one output ``[1, n, D]`` and pools it with ``mean`` or ``cls`` (the first position). CLIP pools on
 the end-of-text token inside the model, so the exported graph wraps clipseek's own text tower:
 
-* ``input_ids × attention_mask`` feeds the tower: padded positions become 0, CLIP's pad id, so the end-of-text
-  token (the highest id) stays the one the tower pools on, padded or not;
+* ``input_ids × attention_mask`` feeds the tower, so the mask Vespa sends is an input the graph uses; padded
+  positions become 0, CLIP's pad id (pooling picks the end-of-text token, the highest id, padded or not);
 * the pooled, projected vector is returned as ``pooled_text_embeds [batch, 1, D]`` — position 0 is where
   ``pooling-strategy: cls`` picks it.
 
@@ -20,7 +20,6 @@ captions does).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,18 +119,20 @@ def embedder_graph(text_onnx: Path) -> Any:
 
 
 def write_embedder(text_onnx: Path, package: Path, slug: str, context_length: int = 77) -> EmbedderFiles:
-    """Write ``models/<slug>_text.onnx`` and the shared tokenizer file into the package at ``package``."""
+    """Write ``models/<slug>_text.onnx`` into the package at ``package``."""
     import onnx
 
-    folder = package / "models"
-    folder.mkdir(parents=True, exist_ok=True)
+    (package / "models").mkdir(parents=True, exist_ok=True)
     model = embedder_graph(text_onnx)
     dim = model.graph.output[0].type.tensor_type.shape.dim[2].dim_value
     rel = f"models/{slug}_text.onnx"
     onnx.save(model, str(package / rel))
-    tokenizer_path = folder / TOKENIZER_FILE
-    if not tokenizer_path.exists():
-        text = build_tokenizer(context_length).to_str(pretty=True)
-        json.loads(text)  # the file Vespa reads must be plain JSON
-        tokenizer_path.write_text(text, encoding="utf-8")
     return EmbedderFiles(model=rel, max_tokens=context_length, dim=dim)
+
+
+def write_tokenizer(package: Path, context_length: int = 77) -> Path:
+    """Write ``models/clip-bpe-tokenizer.json``, the one tokenizer file every CLIP embedder of the package reads."""
+    path = package / "models" / TOKENIZER_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(build_tokenizer(context_length).to_str(pretty=True), encoding="utf-8")
+    return path

@@ -21,7 +21,8 @@ from xml.sax.saxutils import escape
 
 from ..collection import DOCUMENT_TYPE, Collection
 from ..errors import VespaExportError
-from .embedder import ATTENTION_MASK, INPUT_IDS, POOLED_OUTPUT, TOKENIZER_FILE, EmbedderFiles, write_embedder
+from .embedder import (ATTENTION_MASK, INPUT_IDS, POOLED_OUTPUT, TOKENIZER_FILE, EmbedderFiles, write_embedder,
+                       write_tokenizer)
 
 _ATTRIBUTES = [("path", "string"), ("size", "long"), ("mtime", "double"), ("content_hash", "string"),
                ("width", "int"), ("height", "int"), ("format", "string"), ("indexed_at", "double")]
@@ -143,7 +144,7 @@ def export_package(coll: Collection, out: Path, *, nodes: int = 1, redundancy: i
             comps.append(Embedder(slug, f"{slug}_text", files))
             written.append(out / files.model)
         if comps:
-            written.append(out / "models" / TOKENIZER_FILE)
+            written.append(write_tokenizer(out))
     files_text = {
         out / "schemas" / f"{DOCUMENT_TYPE}.sd": schema_text(coll),
         out / "services.xml": services_text(nodes, redundancy, comps),

@@ -39,9 +39,8 @@ def feed_collection(coll: Collection, url: str, *, namespace: str | None = None,
     total = len(coll)
 
     def docs(space: str | None) -> Iterator[dict[str, Any]]:
-        for doc in coll.iter_documents():
-            if doc.namespace == space:
-                yield {"id": doc.docid, "fields": vespa_fields(doc)}
+        for doc in coll.iter_documents(only_namespace=True, namespace=space):
+            yield {"id": doc.docid, "fields": vespa_fields(doc)}
 
     def done(response: Any, docid: str) -> None:
         if response.is_successful():
@@ -52,8 +51,7 @@ def feed_collection(coll: Collection, url: str, *, namespace: str | None = None,
             progress(report.ok + len(report.failed), total)
 
     # documents fed under their own namespace keep it; the others get ``namespace`` or the collection's
-    spaces = {doc.namespace for doc in coll.iter_documents(with_vectors=False)}
-    for space in sorted(spaces, key=lambda s: s or ""):
+    for space in sorted(coll.namespaces(), key=lambda s: s or ""):
         app.feed_iterable(docs(space), schema=DOCUMENT_TYPE, namespace=space or namespace or coll.namespace,
                           callback=done)
     return report
