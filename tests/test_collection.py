@@ -326,6 +326,31 @@ def test_documents_by_namespace(coll):
     assert len(list(coll.iter_documents())) == 4
 
 
+def test_a_put_under_another_namespace_moves_the_document(coll):
+    coll.feed([Document("x", namespace="a", vectors={"tiny_image": np.ones(DIM)})])
+    coll.put(Document("x", namespace="b", vectors={"tiny_image": np.ones(DIM)}))
+    assert coll.get("x").namespace == "b" and coll.namespaces() == {"b"}
+
+
+def test_the_graph_beam_is_rescored_not_just_its_first_hits(tmp_path):
+    """int8 codes rank near neighbours roughly; re-scoring the whole beam gives float32's order back."""
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((20, 512))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    data = centres[rng.integers(0, 20, 3000)] + rng.standard_normal((3000, 512)) * (0.6 / 512 ** 0.5)
+    queries = data[rng.integers(0, 3000, 30)] + rng.standard_normal((30, 512)) * (0.3 / 512 ** 0.5)
+    with Collection.create(tmp_path / "c", exact_threshold=0) as c:
+        c.add_field("big_image", "big", 512)
+        c.feed([Document(str(i), vectors={"big_image": v}) for i, v in enumerate(data)])
+        found = 0
+        for q in queries:
+            cos = (data @ q) / np.linalg.norm(data, axis=1)
+            truth = {str(i) for i in np.argsort(-cos)[:10]}
+            res = c.search(q, field="big_image", hits=10, target_hits=10, explore_additional_hits=90)
+            found += len(truth & {h.docid for h in res.hits})
+        assert res.plan == "hnsw" and found / 300 >= 0.97, found
+
+
 def test_visit_pages_through_everything(coll):
     coll.feed(make_docs(25))
     seen, cont = [], 0

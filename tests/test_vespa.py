@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from clipseek import load_model
 from clipseek.cli import main
-from clipseek.collection import Collection
+from clipseek.collection import Collection, Document
 
 from clipseek.errors import VespaDeployError
 from clipseek.vespa.deploy import deploy_package, docker_problem
@@ -143,3 +143,17 @@ def test_deploy_says_what_to_do_when_there_is_nowhere_to_deploy(package, tmp_pat
     assert result.exit_code == 1 and "--tenant 'My_Tenant' is not a Vespa Cloud name" in result.output
     result = CliRunner().invoke(main, ["vespa", "deploy", str(package), "--cloud", "--tenant", "t"])
     assert result.exit_code == 1 and "needs both --tenant and --application" in result.output
+
+
+def test_feed_keeps_each_documents_namespace(tmp_path):
+    with Collection.create(tmp_path / "a") as a:
+        a.add_field("tiny_image", "tiny", 96)
+        a.feed([Document("mine", vectors={"tiny_image": np.ones(96)}),
+                Document("theirs", namespace="photos", vectors={"tiny_image": -np.ones(96)})])
+    with running_server(tmp_path / "b", tmp_path) as (url, _port):
+        result = subprocess.run([sys.executable, "-m", "clipseek.cli", "vespa", "feed", "--url", url,
+                                 "--collection", str(tmp_path / "a")], env=env_for(tmp_path), capture_output=True,
+                                text=True)
+        assert result.returncode == 0 and "2 fed, 0 failed" in result.stdout, result.stdout + result.stderr
+    with Collection.open(tmp_path / "b", readonly=True) as b:
+        assert b.get("mine").namespace is None and b.get("theirs").namespace == "photos"
