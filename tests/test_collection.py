@@ -9,6 +9,7 @@ import pytest
 from clipseek.collection import Collection, Document, Filter
 from clipseek.errors import (CollectionLockedError, CollectionVersionError, FieldError, NotACollectionError,
                              QueryError, ReadOnlyError, VectorError, YqlSyntaxError)
+from clipseek.summaries import Summaries
 
 DIM = 16
 
@@ -83,6 +84,21 @@ def test_hits_offset_and_target_hits(coll):
     assert [h.docid for h in page.hits] == full[5:10] and page.total_count == 20 and page.documents == 40
     few = coll.search(q, field="tiny_image", hits=10, target_hits=3)
     assert [h.docid for h in few.hits] == full[:3]
+
+
+@pytest.mark.parametrize("threshold", [4096, 0])
+def test_ties_are_ordered_by_document_on_every_path(tmp_path, threshold):
+    rng = np.random.default_rng(1)
+    same = rng.standard_normal(DIM)
+    with Collection.create(tmp_path / "c", exact_threshold=threshold) as c:
+        c.add_field("tiny_image", "tiny", DIM)
+        c.feed([Document(f"t{i}", vectors={"tiny_image": same}) for i in (3, 1, 4, 0, 2)])  # fed in this order
+        c.feed([Document(f"o{i}", vectors={"tiny_image": rng.standard_normal(DIM)}) for i in range(200)])
+        by_vector = c.search(same, field="tiny_image", hits=5, target_hits=10)
+        by_yql = c.search(yql_query="select * from sources * where {targetHits:10}nearestNeighbor(tiny_image, q)",
+                          query_tensors={"q": same}, hits=5)
+        assert [h.docid for h in by_vector.hits] == [h.docid for h in by_yql.hits] == ["t3", "t1", "t4", "t0", "t2"]
+        assert by_vector.plan == ("exact" if threshold else "hnsw")
 
 
 @pytest.mark.parametrize("threshold", [4096, 0])
@@ -393,3 +409,56 @@ def test_graph_first_then_onnxruntime_does_not_crash():
             "print('ok', a.search(np.ones(4), 2, 10).tolist() != [])\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "ok True", result.stderr[-500:]
+
+
+def _hits(c, queries, **kw):
+    return [[(h.docid, h.relevance, h.fields, h.namespace) for h in c.search(q, field="tiny_image", hits=8, **kw).hits]
+            for q in queries]
+
+
+def _warm(c, q):
+    for _ in range(Summaries.WARM_AFTER):
+        c.search(q, field="tiny_image", hits=1)
+    assert c._summary.in_memory and c._summary.memory_bytes > 0
+
+
+def test_hits_from_the_in_memory_summaries_match_sqlite_through_writes(tmp_path):
+    """Once warm, hits are filled from memory; after each kind of write they equal a cold reader's (SQLite's)."""
+    docs = make_docs(60)
+    docs[3].namespace, docs[4].content_hash, docs[5].indexed_at = "photos", "abc", 5.5
+    queries = [d.vectors["tiny_image"] for d in docs[:6]]
+    with Collection.create(tmp_path / "c", exact_threshold=0) as c:
+        c.add_field("tiny_image", "tiny", DIM)
+        c.feed(docs)
+        cold = _hits(c, queries) + _hits(c, queries, filter=Filter(folder="/photos/cats"))
+        assert not c._summary.in_memory
+        _warm(c, queries[0])
+        assert _hits(c, queries) + _hits(c, queries, filter=Filter(folder="/photos/cats")) == cold
+
+        def same_as_cold():
+            with Collection.open(tmp_path / "c", readonly=True, exact_threshold=0) as reader:
+                assert not reader._summary.in_memory
+                assert _hits(c, queries) == _hits(reader, queries)
+
+        c.update("d1", attributes={"path": "/photos/moved/1.jpg", "width": "640"})  # stored as the integer 640
+        c.put(Document("d2", namespace="other", width=7, vectors={"tiny_image": queries[2]}))
+        c.feed([Document("n1", image_file_name="n.jpg", vectors={"tiny_image": queries[0]})])
+        c.remove("d0")
+        same_as_cold()
+        moved = next(f for d, _, f, _ in _hits(c, queries)[1] if d == "d1")
+        assert moved["path"] == "/photos/moved/1.jpg" and moved["width"] == 640
+
+
+def test_a_warm_reader_sees_attribute_updates_of_another_writer(tmp_path):
+    docs = make_docs(40)
+    q = docs[9].vectors["tiny_image"]
+    with Collection.create(tmp_path / "c", exact_threshold=0) as c:
+        c.add_field("tiny_image", "tiny", DIM)
+        c.feed(docs)
+    with Collection.open(tmp_path / "c", readonly=True, exact_threshold=0) as reader:
+        _warm(reader, q)
+        with Collection.open(tmp_path / "c") as writer:
+            writer.update("d9", attributes={"image_file_name": "renamed.jpg"})
+        assert reader.search(q, field="tiny_image", hits=1).hits[0].fields["image_file_name"] == "renamed.jpg"
+        _warm(reader, q)
+        assert reader.search(q, field="tiny_image", hits=1).hits[0].fields["image_file_name"] == "renamed.jpg"

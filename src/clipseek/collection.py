@@ -26,7 +26,8 @@ import numpy as np
 from . import store, yql
 from .errors import (CollectionLockedError, FieldError, NotACollectionError, QueryError, ReadOnlyError,
                      VectorError)
-from .index import AnnIndex, HnswParams, closeness, cosines, top_k
+from .index import AnnIndex, HnswParams, closeness
+from .summaries import SUMMARY_FIELDS, Summaries, Summary
 
 DOCUMENT_TYPE = "image_search"
 MAX_HITS = 400
@@ -34,8 +35,6 @@ MAX_TARGET_HITS = 10_000
 MAX_OFFSET = 1000
 DEFAULT_TARGET_HITS = 100  # the seed's TextEmbeddingSearcher; a small beam costs recall for little speed
 APPROXIMATE_THRESHOLD = 0.05  # Vespa's default approximate-threshold: below it, exact search
-SUMMARY_FIELDS = ("image_file_name", "path", "size", "mtime", "content_hash", "width", "height", "format",
-                  "indexed_at")
 FILTER_COLUMNS = {"image_file_name", "path", "size", "mtime", "content_hash", "width", "height", "format",
                   "indexed_at", "docid"}
 
@@ -115,14 +114,14 @@ class Filter:
 
 
 class _Field:
-    """In-memory state of one vector field: slot ↔ document maps, norms, the lazily built HNSW graph."""
+    """In-memory state of one vector field: slot ↔ document maps, inverse norms, the lazily built HNSW graph."""
 
     def __init__(self, folder: Path, info: FieldInfo, next_slot: int) -> None:
         self.info = info
         self.vectors = store.VectorFile(folder / "vectors" / f"{info.name}.f32", info.dim, next_slot)
         self.doc_of_slot = np.full(next_slot, -1, dtype=np.int64)
         self.slot_of_doc: dict[int, int] = {}
-        self.norms = np.zeros(0, dtype=np.float32)
+        self.inv_norms = np.zeros(0, dtype=np.float32)  # 1 / |row| (0 for a zero row): cosines are products
         self.ann: AnnIndex | None = None
         self._live: tuple[int, int, np.ndarray | None] = (-1, -1, None)  # (version, rows, bitmap)
         self.version = 0  # bumped whenever a slot dies (doc_of_slot changes in place)
@@ -132,8 +131,18 @@ class _Field:
         return self.vectors.rows
 
     def extend_norms(self) -> None:
-        if len(self.norms) < self.vectors.rows:
-            self.norms = np.concatenate([self.norms, self.vectors.norms(len(self.norms))])
+        if len(self.inv_norms) < self.vectors.rows:
+            self.inv_norms = np.concatenate([self.inv_norms, _inverse(self.vectors.norms(len(self.inv_norms)))])
+
+    def cosines(self, q: np.ndarray, slots: np.ndarray | None = None, rows: int = 0) -> np.ndarray:
+        """Cosines of ``q`` with the rows at ``slots``, or with the first ``rows`` rows (0 for zero vectors)."""
+        qq = float(q @ q)
+        scale = np.float32(1.0 / math.sqrt(qq) if qq > 0 else 0.0)
+        if slots is None:
+            cos: np.ndarray = (self.vectors.array()[:rows] @ q) * self.inv_norms[:rows] * scale
+        else:
+            cos = (self.vectors.array()[slots] @ q) * self.inv_norms[slots] * scale
+        return cos
 
     def live_slots(self) -> np.ndarray:
         return np.flatnonzero(self.doc_of_slot >= 0)
@@ -173,6 +182,7 @@ class Collection:
         self._fields: dict[str, _Field] = {}
         self._data_version = -1
         self._count = 0
+        self._summary = Summaries()
         self._load_fields()
 
     # ---- opening -------------------------------------------------------------------------------------
@@ -308,6 +318,7 @@ class Collection:
                 f.ann.extend(f.vectors.array(), f.next_slot)
             fields[f.info.name] = f
         self._fields = fields
+        self._summary.reset()
 
     def _refresh(self) -> None:
         """A reader sees other processes' commits: reload when SQLite's data_version moved."""
@@ -418,7 +429,8 @@ class Collection:
                 db.execute("ROLLBACK")
                 raise
             self._recount()
-            # 3. in-memory state and graphs follow the commit
+            # 3. in-memory state and graphs follow the commit; summaries first, so a new slot's hit has one
+            self._summary.written(db, doc_ids)
             for fname, dead_list in removed.items():
                 f = self._fields[fname]
                 dead = np.asarray(dead_list, dtype=np.int64)
@@ -433,7 +445,7 @@ class Collection:
                 slots = new_slots[fname]
                 owners = np.asarray([doc_ids[i] for i, _, _ in items], dtype=np.int64)
                 # publish in an order where a concurrent search never sees a slot without its vector/norm
-                f.norms = np.concatenate([f.norms[: slots[0]], planned_norms[fname]])
+                f.inv_norms = np.concatenate([f.inv_norms[: slots[0]], _inverse(planned_norms[fname])])
                 f.vectors.commit(int(slots[-1]) + 1)
                 doc_of_slot = np.concatenate([f.doc_of_slot, np.full(len(slots), -1, np.int64)])
                 doc_of_slot[slots] = owners
@@ -463,6 +475,7 @@ class Collection:
                 f.doc_of_slot[int(r["slot"])] = -1
                 f.slot_of_doc.pop(doc, None)
                 f.touch()
+            self._summary.removed(doc)
             return True
 
     # ---- reading ---------------------------------------------------------------------------------------
@@ -566,9 +579,8 @@ class Collection:
         ordered = sorted(relevance.items(), key=lambda kv: (-kv[1], kv[0]))
         page = ordered[offset: offset + hits]
         docs = self._summaries([d for d, _ in page])
-        result_hits = [Hit(docs[d]["docid"], float(rel), docs[d]["fields"] if wanted is None else
-                           {k: v for k, v in docs[d]["fields"].items() if k in wanted}, docs[d]["namespace"])
-                       for d, rel in page if d in docs]
+        result_hits = [Hit(s[0], float(rel), s[2] if wanted is None else {k: v for k, v in s[2].items() if k in wanted},
+                           s[1]) for d, rel in page if (s := docs.get(d)) is not None]
         total_docs = len(self)
         return SearchResult(result_hits, len(ordered), total_docs, "+".join(plans) or "filter",
                             time.perf_counter() - started)
@@ -584,24 +596,20 @@ class Collection:
         hits, offset = _cap(hits, "hits", MAX_HITS), _cap(offset, "offset", MAX_OFFSET)
         plans: list[str] = []
         docs, rel, _cos = self._knn(f, q, k, explore, approximate, None, plans)
-        order = np.lexsort((docs, -rel))[offset: offset + hits]  # relevance, then document: as the YQL path
-        ids = docs[order].tolist()
+        ids = docs[offset: offset + hits].tolist()  # _knn orders by relevance, then document: as the YQL path
         found = self._summaries(ids)
-        result_hits = [Hit(found[d]["docid"], r, found[d]["fields"], found[d]["namespace"])
-                       for d, r in zip(ids, rel[order].tolist()) if d in found]
+        result_hits = [Hit(s[0], r, s[2], s[1]) for d, r in zip(ids, rel[offset: offset + hits].tolist())
+                       if (s := found.get(d)) is not None]
         return SearchResult(result_hits, len(docs), self._count, plans[0], time.perf_counter() - started)
 
-    def _summaries(self, doc_ids: list[int]) -> dict[int, dict[str, Any]]:
-        if not doc_ids:
-            return {}
-        marks = ",".join("?" for _ in doc_ids)
+    def _summaries(self, doc_ids: list[int]) -> dict[int, Summary]:
+        """(docid, namespace, summary fields) of each document that exists."""
         conn = self._conn()
         conn.row_factory = None  # plain tuples: the summary path runs once per query
-        rows = conn.execute(f"SELECT id, docid, namespace, {', '.join(SUMMARY_FIELDS)} FROM documents "
-                            f"WHERE id IN ({marks})", doc_ids).fetchall()
-        conn.row_factory = sqlite3.Row
-        return {int(r[0]): {"docid": r[1], "namespace": r[2],
-                            "fields": {c: v for c, v in zip(SUMMARY_FIELDS, r[3:]) if v is not None}} for r in rows}
+        try:
+            return self._summary.fill(conn, doc_ids)
+        finally:
+            conn.row_factory = sqlite3.Row
 
     def _evaluate(self, node: yql.Node, allowed: set[int] | None, tensors: Mapping[str, Any], plans: list[str]
                   ) -> tuple[set[int] | None, dict[str, dict[int, float]]]:
@@ -698,23 +706,29 @@ class Collection:
             plans.append("exact")
             if allowed is None:  # score every row in place (no gather), then drop dead slots
                 rows = len(doc_of_slot)
-                cos = cosines(f.vectors.array()[:rows], f.norms[:rows], q)
-                cos[doc_of_slot < 0] = -np.inf
-                slots = np.arange(rows, dtype=np.int64)
-                k = min(k, len(f.slot_of_doc))
+                cos = f.cosines(q, rows=rows)
+                live = doc_of_slot >= 0
+                slots = np.flatnonzero(live)
+                if len(slots) < rows:
+                    cos = cos[live]
             else:
                 slots = np.fromiter((s for s in (f.slot_of_doc.get(d) for d in allowed)
                                      if s is not None and s < len(doc_of_slot)), dtype=np.int64)
-                cos = cosines(f.vectors.array()[slots], f.norms[slots], q)
+                cos = f.cosines(q, slots)
         else:
             plans.append("hnsw")
             slots = self._ann_candidates(f, doc_of_slot, q, k, explore, allowed, n_candidates)
-            cos = cosines(f.vectors.array()[slots], f.norms[slots], q)
+            cos = f.cosines(q, slots)
         if len(slots) == 0 or k == 0:
             empty = np.zeros(0)
             return empty.astype(np.int64), empty, empty
-        best = top_k(cos, k)
-        return doc_of_slot[slots[best]], closeness(cos[best]), cos[best]
+        if len(cos) > 8 * k:  # the k best (any of those tied at the k-th) of many, before sorting
+            part = np.argpartition(-cos, k - 1)[:k]
+            cos, slots = cos[part], slots[part]
+        docs = doc_of_slot[slots]
+        order = np.lexsort((docs, -cos))[:k]  # relevance (closeness is strictly increasing in cos), then document
+        cos = cos[order]
+        return docs[order], closeness(cos), cos
 
     def _ann_candidates(self, f: _Field, doc_of_slot: np.ndarray, q: np.ndarray, k: int, explore: int,
                         allowed: set[int] | None, n_candidates: int) -> np.ndarray:
@@ -743,6 +757,12 @@ class Collection:
                 return f.live_slots() if allowed is None else np.fromiter(
                     (s for s in map(f.slot_of_doc.get, allowed) if s is not None), dtype=np.int64)
             ef *= 4  # a filter the beam could not satisfy: widen it rather than return fewer hits
+
+
+def _inverse(norms: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(norms), np.float32)
+    np.divide(1.0, norms, out=out, where=norms > 0)
+    return out
 
 
 def _check_model(f: _Field, model: str | None) -> None:

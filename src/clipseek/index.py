@@ -1,4 +1,5 @@
-"""Nearest-neighbour search for one vector field: exact (NumPy over the float32 rows) and HNSW (usearch).
+"""Nearest-neighbour search for one vector field: Vespa's closeness and the HNSW graph (usearch). Exact
+scoring over the float32 rows is the collection's (``_Field.cosines``).
 
 Distances follow Vespa's ``angular`` metric: ``d = arccos(q·a / (|q||a|))`` in radians, and relevance is
 Vespa's ``closeness = 1 / (1 + d)``.
@@ -35,28 +36,8 @@ class HnswParams:
 
 def closeness(cosine: np.ndarray) -> np.ndarray:
     """Vespa's closeness for angular distance: 1 / (1 + arccos(cos))."""
-    angle = np.arccos(np.clip(cosine.astype(np.float64), -1.0, 1.0))
+    angle = np.arccos(np.maximum(np.minimum(cosine.astype(np.float64), 1.0), -1.0))  # np.clip costs 3× more
     return 1.0 / (1.0 + angle)
-
-
-def cosines(rows: np.ndarray, norms: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Cosine of each row with ``query`` (0 where either is the zero vector), as float64."""
-    q = np.asarray(query, dtype=np.float32)
-    denom = norms * np.float32(np.sqrt(float(q @ q)))
-    out = np.zeros(len(rows), dtype=np.float64)
-    np.divide(rows @ q, denom, out=out, where=denom > 0)
-    return out
-
-
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` highest scores, best first (ties by position)."""
-    if k <= 0 or len(scores) == 0:
-        return np.zeros(0, dtype=np.int64)
-    if k < len(scores):
-        part = np.argpartition(-scores, k - 1)[:k]
-    else:
-        part = np.arange(len(scores))
-    return part[np.lexsort((part, -scores[part]))]
 
 
 SNAPSHOT_FORMAT = "usearch-i8-ip-1"
@@ -115,12 +96,13 @@ class AnnIndex:
             return np.zeros(0, dtype=np.int64)
         q = np.asarray(query, dtype=np.float32)
         norm = float(np.sqrt(q @ q))
-        factor = (self.scale or 1.0) / norm if norm > 0 else 0.0  # (scale is set once the graph has rows)
-        q = np.clip(q * factor, -1.0, 1.0).astype(np.float32)  # as _quantisable
-        with self._lock:
+        q = q * np.float32((self.scale or 1.0) / norm if norm > 0 else 0.0)  # as _quantisable (scale set once rows are)
+        np.minimum(q, 1.0, out=q)  # usearch wraps rather than saturates outside [-1, 1]
+        np.maximum(q, -1.0, out=q)
+        with self._lock:  # usearch's compiled index directly: the Python wrapper's result objects cost ~10 µs
             self._index.expansion_search = width  # type: ignore[misc]
-            found = self._index.search(q, width, threads=1)
-        keys = np.asarray(found.keys, dtype=np.int64)
+            found, _, counts, _, _ = self._index._compiled.search_many(q[None], count=width, exact=False, threads=1)
+        keys = found[0, : counts[0]].astype(np.int64)
         if allow is not None:
             keys = keys[keys < len(allow) * 8]
             keys = keys[(allow[keys >> 3] >> (keys & 7)) & 1 == 1]

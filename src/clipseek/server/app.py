@@ -22,10 +22,11 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .. import query as q
-from ..collection import DOCUMENT_TYPE, SUMMARY_FIELDS, Collection, Document
+from ..collection import DOCUMENT_TYPE, Collection, Document
 from ..errors import ClipseekError, CollectionLockedError, FieldError, QueryError, VectorError, YqlSyntaxError
 from ..models import get_spec, load_model
 from ..models.encoder import Encoder
+from ..summaries import SUMMARY_FIELDS
 from ..tensors import parse_tensor, render_tensor
 from . import native
 
