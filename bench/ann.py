@@ -3,7 +3,8 @@ IndexHNSWFlat.
 
     .venv/bin/python bench/ann.py [--n 200000] [--queries 1000]
 
-Data: N × 512 L2-normalised vectors drawn around ~1,000 clusters; queries are perturbed data points.
+Data: N × 512 L2-normalised vectors drawn around ~1,000 clusters; queries are perturbed data points. Each
+clipseek document also has the seed schema's summary field (image_file_name), which every hit returns.
 Both indexes use M=16 and construction effort 500. Searches run single-threaded over the same beam widths
 (clipseek: targetHits 10 + exploreAdditionalHits = the beam; faiss: efSearch). For each, the smallest beam
 reaching recall@10 ≥ 0.99 against exact search is reported with its QPS (best of 3 interleaved rounds), plus memory of vectors + graph, exact
@@ -23,6 +24,7 @@ import faiss
 import numpy as np
 
 from clipseek.collection import Collection, Document
+from clipseek.summaries import Summaries
 
 DIM = 512
 BEAMS = (16, 24, 32, 40, 48, 64, 96, 128)  # the same beam widths for both engines
@@ -80,7 +82,8 @@ def main() -> None:
     coll.add_field("vit_b_32_image", "ViT-B/32", DIM)
     t = time.perf_counter()
     for i in range(0, args.n, 10_000):
-        coll.feed([Document(str(j), vectors={"vit_b_32_image": data[j]}) for j in range(i, min(i + 10_000, args.n))])
+        coll.feed([Document(str(j), image_file_name=f"{j:06d}.jpg", vectors={"vit_b_32_image": data[j]})
+                   for j in range(i, min(i + 10_000, args.n))])
     feed_s = time.perf_counter() - t
     t = time.perf_counter()
     coll.search(queries[0], field="vit_b_32_image", hits=10)  # builds the graph (all cores)
@@ -125,7 +128,6 @@ def main() -> None:
                 elapsed = time.perf_counter() - t
                 recalls.setdefault((name, beam), recall(found, truth))
                 best_s[(name, beam)] = min(elapsed, best_s.get((name, beam), elapsed))
-    coll.close()
     rows = [(b, recalls[("clipseek", b)], len(queries) / best_s[("clipseek", b)]) for b in BEAMS]
     frows = [(b, recalls[("faiss", b)], len(queries) / best_s[("faiss", b)]) for b in BEAMS]
 
@@ -146,8 +148,11 @@ def main() -> None:
           f"(re-scoring, summaries, Python) {1e6 / c[2] - graph_us:.0f} us; faiss at beam {f[0]}: {1e6 / f[2]:.0f} us")
     print(f"vectors + graph memory: clipseek {mem_cs / 2**20:.0f} MiB vs faiss {mem_fa / 2**20:.0f} MiB: "
           f"{mem_cs / mem_fa:.2f}x")
+    print(f"hit summaries in memory (built after {Summaries.WARM_AFTER} searches): "
+          f"{coll._summary.memory_bytes / 2**20:.0f} MiB for {args.n} documents")
     print(f"build: clipseek feed {feed_s:.1f} s + graph {build_cs:.1f} s; faiss {build_fa:.1f} s (2 threads)")
 
+    coll.close()
     # exact latency and reopen
     t = time.perf_counter()
     reopened = Collection.open(folder, exact_threshold=0)
@@ -155,6 +160,12 @@ def main() -> None:
     ann = reopened._fields["vit_b_32_image"].ann
     print(f"reopen {args.n} docs + first query: {time.perf_counter() - t:.2f} s "
           f"(graph loaded from snapshot: {ann is not None})")
+    for _ in range(Summaries.WARM_AFTER - 2):
+        reopened.search(queries[2], field="vit_b_32_image", hits=10)
+    t = time.perf_counter()
+    reopened.search(queries[2], field="vit_b_32_image", hits=10)
+    print(f"search number {Summaries.WARM_AFTER}, which builds the in-memory summaries: "
+          f"{time.perf_counter() - t:.2f} s ({reopened._summary.in_memory})")
     snapshot = next((folder / "ann").glob("vit_b_32_image.*.usearch"))
     rss = resident_after_load(snapshot)
     print(f"vectors + graph, measured as the resident memory a fresh process gains by loading the snapshot: "
