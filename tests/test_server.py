@@ -180,6 +180,33 @@ def test_documents_keep_the_namespace_they_were_fed_under(served):
     assert app.delete_data(schema="image_search", data_id="ns-1").is_successful()
 
 
+def test_per_type_visits_and_deletes_keep_to_their_namespace_and_slices_split(served):
+    """Vespa's /document/v1/<ns>/<type>/docid/ visits (and deletes) only namespace <ns>; slices are disjoint."""
+    url, port, _, _ = served
+    app = vespa_app.Vespa(url="http://127.0.0.1", port=port)
+    docs = random_docs("sl-", 13, seed=5)
+    app.feed_iterable(docs, schema="image_search", namespace="slicing")  # a namespace of their own
+
+    def visited(namespace, slices):
+        return [d["id"] for s in app.visit("image_search", schema="image_search", namespace=namespace,
+                                           slices=slices, wanted_document_count=4) for page in s
+                for d in page.documents]
+    theirs = [f"id:slicing:image_search::sl-{i}" for i in range(13)]
+    assert sorted(visited("slicing", 1)) == sorted(visited("slicing", 3)) == sorted(theirs)
+    status, page = http(f"{url}/document/v1/?cluster=image_search&wantedDocumentCount=1000")  # every namespace
+    assert status == 200 and set(theirs) < {d["id"] for d in page["documents"]}
+    everyone_else = visited("default", 2)
+    assert sorted(everyone_else) == sorted(d["id"] for d in page["documents"] if d["id"].startswith("id:default:"))
+    assert len(everyone_else) >= 80
+    status, body = http(f"{url}/document/v1/slicing/image_search/docid/?slices=2&sliceId=2")
+    assert status == 400 and "sliceId" in body["message"]
+    req = urllib.request.Request(f"{url}/document/v1/slicing/image_search/docid/?selection=true&cluster=image_search",
+                                 method="DELETE")
+    with urllib.request.urlopen(req) as resp:
+        assert resp.status == 200
+    assert visited("slicing", 1) == [] and sorted(visited("default", 1)) == sorted(everyone_else)
+
+
 def test_pyvespa_async_feed_and_query_over_h2c(served):
     """pyvespa's async layer speaks only HTTP/2 cleartext (prior knowledge); an HTTP/1.1-only server gives 599s."""
     import asyncio

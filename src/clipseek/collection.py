@@ -504,11 +504,18 @@ class Collection:
         return doc
 
     def visit(self, *, continuation: int = 0, count: int = 100, with_vectors: bool = True,
-              only_namespace: bool = False, namespace: str | None = None) -> tuple[list[Document], int | None]:
+              only_namespace: bool = False, namespace: str | None = None, slices: int = 1, slice_id: int = 0
+              ) -> tuple[list[Document], int | None]:
         """Documents in id order after ``continuation``; the next continuation, or None at the end.
-        With ``only_namespace``, just those fed under ``namespace`` (None: the collection's own)."""
+        With ``only_namespace``, just those fed under ``namespace`` (None: the collection's own). ``slices`` > 1
+        splits the documents into that many disjoint parts (Vespa's visit slicing); this visits part ``slice_id``."""
         self._refresh()
-        where, args = ("AND namespace IS ?", [namespace]) if only_namespace else ("", [])
+        if not 0 <= slice_id < slices:
+            raise QueryError(f"slice id {slice_id} must be in 0..{slices - 1} for {slices} slices")
+        where = "AND namespace IS ?" if only_namespace else ""
+        args: list[Any] = [namespace] if only_namespace else []
+        if slices > 1:
+            where, args = f"{where} AND id % ? = ?", [*args, slices, slice_id]
         rows = self._conn().execute(f"SELECT * FROM documents WHERE id > ? {where} ORDER BY id LIMIT ?",
                                     (continuation, *args, count + 1)).fetchall()
         more = len(rows) > count

@@ -309,17 +309,27 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
         return await visit(request, shared.for_search().namespace)
 
     async def visit(request: Request, namespace: str | None = None) -> Response:
+        """Visit (or delete) in id order: ``/document/v1/<ns>/<type>/docid/`` the documents of that namespace, as
+        Vespa does; the cluster-wide visit (``namespace`` given: the collection's, for ids) every namespace's."""
         path = request.url.path
         try:
             ns = namespace or doc_path(request)[0]
+            scoped = namespace is None
             cont = request.query_params.get("continuation")
             start = int(cont) if cont and cont.isdigit() else 0
             wanted = min(max(int(request.query_params.get("wantedDocumentCount", "100") or 100), 1), 1000)
             form = request.query_params.get("format.tensors", "short")
-        except (ValueError, FieldError) as exc:
+            slices = int(request.query_params.get("slices", "1") or 1)
+            slice_id = int(request.query_params.get("sliceId", "0") or 0)
+            if slices < 1 or not 0 <= slice_id < slices:
+                raise QueryError(f"sliceId must be in 0..slices-1 and slices >= 1, got sliceId={slice_id} "
+                                 f"slices={slices}")
+        except (ValueError, FieldError, QueryError) as exc:
             return doc_error(path, str(exc), 400)
         reader = shared.for_search()
-        docs, nxt = await asyncio.to_thread(lambda: reader.visit(continuation=start, count=wanted))
+        only = None if ns == reader.namespace else ns  # stored as NULL: the collection's own namespace
+        docs, nxt = await asyncio.to_thread(lambda: reader.visit(continuation=start, count=wanted, only_namespace=scoped,
+                                                                 namespace=only, slices=slices, slice_id=slice_id))
         if request.method == "DELETE":
             try:
                 writer = shared.for_write()
