@@ -754,16 +754,18 @@ class Collection:
                                 dtype=np.int64)
             mask[slots] = True
             allow = np.packbits(mask, bitorder="little")
-        ef = k + explore
+        beam = ef = k + explore
+        want = min(beam, n_candidates)  # as Vespa: a whole beam of candidates that pass (live, in the filter)
         while True:
             keys = ann.search(q, k, ef=ef, allow=allow)
             keys = keys[keys < rows]
-            if len(keys) >= min(k, n_candidates):
+            if len(keys) >= want:
                 return keys
             if ef >= rows:  # the graph cannot reach them all: every candidate, scored exactly
                 return f.live_slots() if allowed is None else np.fromiter(
                     (s for s in map(f.slot_of_doc.get, allowed) if s is not None), dtype=np.int64)
-            ef *= 4  # a filter the beam could not satisfy: widen it rather than return fewer hits
+            # dead slots or a filter took part of the beam: widen it by the share that passed (at least twice)
+            ef = min(rows, max(2 * ef, int(1.25 * ef * want / max(len(keys), 1))))
 
 
 def _inverse(norms: np.ndarray) -> np.ndarray:
