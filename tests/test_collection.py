@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import math
 import threading
 
@@ -9,6 +10,7 @@ import pytest
 from clipseek.collection import Collection, Document, Filter
 from clipseek.errors import (CollectionLockedError, CollectionVersionError, FieldError, NotACollectionError,
                              QueryError, ReadOnlyError, VectorError, YqlSyntaxError)
+from clipseek.index import SNAPSHOT_FORMAT
 from clipseek.summaries import Summaries
 
 DIM = 16
@@ -277,6 +279,20 @@ def test_reopen_keeps_everything_and_the_graph(tmp_path):
         assert res.hits[0].docid == "d0" and len(c) == 300
 
 
+def test_a_snapshot_of_an_older_graph_format_is_rebuilt_not_loaded(tmp_path):
+    docs = make_docs(300)
+    with Collection.create(tmp_path / "c", exact_threshold=0) as c:
+        c.add_field("tiny_image", "tiny", DIM)
+        c.feed(docs)
+        c.search(np.ones(DIM), field="tiny_image")
+    sidecar = tmp_path / "c" / "ann" / "tiny_image.300.json"
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "format": "usearch-i8-ip-1"}))  # older codes
+    with Collection.open(tmp_path / "c", exact_threshold=0) as c:
+        assert c._fields["tiny_image"].ann is None  # not loaded: rebuilt by the first search
+        assert c.search(docs[5].vectors["tiny_image"], field="tiny_image", hits=1).hits[0].docid == "d5"
+    assert json.loads(sidecar.read_text())["format"] == SNAPSHOT_FORMAT
+
+
 def test_bad_folders_and_locks(tmp_path):
     with pytest.raises(NotACollectionError, match="does not exist"):
         Collection.open(tmp_path / "nope")
@@ -365,6 +381,28 @@ def test_the_graph_beam_is_rescored_not_just_its_first_hits(tmp_path):
             res = c.search(q, field="big_image", hits=10, target_hits=10, explore_additional_hits=90)
             found += len(truth & {h.docid for h in res.hits})
         assert res.plan == "hnsw" and found / 300 >= 0.97, found
+
+
+def test_the_graph_codes_use_the_int8_range_and_rank_near_float32(tmp_path):
+    """Given float32, usearch would normalise each vector and multiply by 127: a 512-dim unit vector's components
+    (~0.04) would use ±20 of ±127, and the graph's own top 10 would rank far from float32's (recall ~0.8)."""
+    rng = np.random.default_rng(5)
+    centres = rng.standard_normal((20, 512))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    data = (centres[rng.integers(0, 20, 3000)] + rng.standard_normal((3000, 512)) * (0.6 / 512 ** 0.5)).astype(np.float32)
+    unit = data / np.linalg.norm(data, axis=1, keepdims=True)
+    with Collection.create(tmp_path / "c", exact_threshold=0) as c:
+        c.add_field("big_image", "big", 512)
+        c.feed([Document(str(i), vectors={"big_image": v}) for i, v in enumerate(data)])
+        c.search(data[0], field="big_image")
+        ann = c._fields["big_image"].ann
+        codes = np.abs(np.stack(ann._index.get(np.arange(3000, dtype=np.uint64))).astype(np.int32))
+        assert codes.max() == 127 and np.percentile(codes, 99) > 60
+        found = 0
+        for q in data[rng.integers(0, 3000, 50)] + rng.standard_normal((50, 512)) * (0.3 / 512 ** 0.5):
+            truth = set(np.argsort(-(unit @ q))[:10].tolist())
+            found += len(truth & set(ann.search(q, 10, 40)[:10].tolist()))  # the graph's order, not re-scored
+        assert found / 500 >= 0.9, found
 
 
 def test_a_graph_full_of_replaced_documents_still_searches_a_whole_beam(tmp_path):
