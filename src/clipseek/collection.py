@@ -754,8 +754,8 @@ class Collection:
                                 dtype=np.int64)
             mask[slots] = True
             allow = np.packbits(mask, bitorder="little")
-        beam = ef = k + explore
-        want = min(beam, n_candidates)  # as Vespa: a whole beam of candidates that pass (live, in the filter)
+        ef = k + explore
+        want = min(ef, n_candidates)  # as Vespa: a whole beam of candidates that pass (live, in the filter)
         while True:
             keys = ann.search(q, k, ef=ef, allow=allow)
             keys = keys[keys < rows]

@@ -8,7 +8,7 @@ The HNSW graph only proposes candidates. It holds int8 codes of the L2-normalise
 field's largest components (ignoring 1 in 10,000, which saturate) use the whole int8 range, compared by inner
 product, which is the cosine up to quantisation noise. The codes are made here and handed to usearch as int8:
 given float32, usearch would normalise each vector and multiply by 127, and a 512-dim unit vector's components
-(~0.04) would then use ±20 of the ±127 (bench/ann.py: the graph's own top 10 had recall 0.81 so, 0.95 now). A
+(~0.04) would then use ±20 of the ±127 (200k × 512: the graph's own top 10 had recall 0.81 that way, 0.95 now). A
 search returns its whole beam (targetHits + exploreAdditionalHits candidates) and every candidate is re-scored
 exactly from the float32 rows, so relevance values are the same whichever plan ran and the noise costs no
 recall. int8 is a quarter of float32's memory and the fastest to compare.
