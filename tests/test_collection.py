@@ -405,6 +405,19 @@ def test_the_graph_codes_use_the_int8_range_and_rank_near_float32(tmp_path):
         assert found / 500 >= 0.9, found
 
 
+def test_a_query_along_one_axis_saturates_its_codes_rather_than_wrapping(tmp_path):
+    """A component past the int8 range must saturate at 127: wrapped, e_i's code would point the other way."""
+    rng = np.random.default_rng(4)
+    axes = np.eye(20, 64) + rng.standard_normal((20, 64)) * 0.05
+    with Collection.create(tmp_path / "c", exact_threshold=0) as c:
+        c.add_field("f_image", "m", 64)
+        c.feed([Document(str(i), vectors={"f_image": v}) for i, v in enumerate(rng.standard_normal((3000, 64)))])
+        c.feed([Document(f"axis{i}", vectors={"f_image": v}) for i, v in enumerate(axes)])
+        found = [c.search(np.eye(64)[i], field="f_image", hits=1, target_hits=1, explore_additional_hits=20).hits[0].docid
+                 for i in range(20)]
+        assert sum(d == f"axis{i}" for i, d in enumerate(found)) >= 19, found
+
+
 def test_a_graph_full_of_replaced_documents_still_searches_a_whole_beam(tmp_path):
     """Replaced documents stay in the graph as dead slots; the beam widens until targetHits + explore live
     candidates are found (as Vespa's filtered HNSW search), so recall does not sink with the share of dead slots."""
