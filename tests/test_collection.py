@@ -36,6 +36,17 @@ def make_docs(n, seed=0, dim=DIM):
                      vectors={"tiny_image": rng.randn(dim).astype(np.float32)}) for i in range(n)]
 
 
+def unit_centres(rng, k, dim):
+    centres = rng.standard_normal((k, dim))
+    return centres / np.linalg.norm(centres, axis=1, keepdims=True)
+
+
+def around(rng, points, n, noise):
+    """``n`` points near randomly chosen ``points`` (Gaussian noise of norm ~``noise``): clusters, or queries."""
+    dim = points.shape[1]
+    return points[rng.integers(0, len(points), n)] + rng.standard_normal((n, dim)) * (noise / dim ** 0.5)
+
+
 def brute(docs, q, k, keep=lambda d: True):
     scored = []
     for d in docs:
@@ -367,10 +378,8 @@ def test_a_put_under_another_namespace_moves_the_document(coll):
 def test_the_graph_beam_is_rescored_not_just_its_first_hits(tmp_path):
     """int8 codes rank near neighbours roughly; re-scoring the whole beam gives float32's order back."""
     rng = np.random.default_rng(3)
-    centres = rng.standard_normal((20, 512))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    data = centres[rng.integers(0, 20, 3000)] + rng.standard_normal((3000, 512)) * (0.6 / 512 ** 0.5)
-    queries = data[rng.integers(0, 3000, 30)] + rng.standard_normal((30, 512)) * (0.3 / 512 ** 0.5)
+    data = around(rng, unit_centres(rng, 20, 512), 3000, 0.6)
+    queries = around(rng, data, 30, 0.3)
     with Collection.create(tmp_path / "c", exact_threshold=0) as c:
         c.add_field("big_image", "big", 512)
         c.feed([Document(str(i), vectors={"big_image": v}) for i, v in enumerate(data)])
@@ -387,9 +396,7 @@ def test_the_graph_codes_use_the_int8_range_and_rank_near_float32(tmp_path):
     """Given float32, usearch would normalise each vector and multiply by 127: a 512-dim unit vector's components
     (~0.04) would use ±20 of ±127, and the graph's own top 10 would rank far from float32's (recall ~0.8)."""
     rng = np.random.default_rng(5)
-    centres = rng.standard_normal((20, 512))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    data = (centres[rng.integers(0, 20, 3000)] + rng.standard_normal((3000, 512)) * (0.6 / 512 ** 0.5)).astype(np.float32)
+    data = around(rng, unit_centres(rng, 20, 512), 3000, 0.6).astype(np.float32)
     unit = data / np.linalg.norm(data, axis=1, keepdims=True)
     with Collection.create(tmp_path / "c", exact_threshold=0) as c:
         c.add_field("big_image", "big", 512)
@@ -399,7 +406,7 @@ def test_the_graph_codes_use_the_int8_range_and_rank_near_float32(tmp_path):
         codes = np.abs(np.stack(ann._index.get(np.arange(3000, dtype=np.uint64))).astype(np.int32))
         assert codes.max() == 127 and np.percentile(codes, 99) > 60
         found = 0
-        for q in data[rng.integers(0, 3000, 50)] + rng.standard_normal((50, 512)) * (0.3 / 512 ** 0.5):
+        for q in around(rng, data, 50, 0.3):
             truth = set(np.argsort(-(unit @ q))[:10].tolist())
             found += len(truth & set(ann.search(q, 10, 40)[:10].tolist()))  # the graph's order, not re-scored
         assert found / 500 >= 0.9, found
@@ -422,11 +429,10 @@ def test_a_graph_full_of_replaced_documents_still_searches_a_whole_beam(tmp_path
     """Replaced documents stay in the graph as dead slots; the beam widens until targetHits + explore live
     candidates are found (as Vespa's filtered HNSW search), so recall does not sink with the share of dead slots."""
     rng = np.random.default_rng(8)
-    centres = rng.standard_normal((50, 128))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    centres = unit_centres(rng, 50, 128)
 
     def draw(n):
-        return (centres[rng.integers(0, 50, n)] + rng.standard_normal((n, 128)) * (1.5 / 128 ** 0.5)).astype(np.float32)
+        return around(rng, centres, n, 1.5).astype(np.float32)
     data = draw(5000)
     with Collection.create(tmp_path / "c", exact_threshold=0) as c:
         c.add_field("big_image", "big", 128)
@@ -436,7 +442,7 @@ def test_a_graph_full_of_replaced_documents_still_searches_a_whole_beam(tmp_path
         c.feed([Document(str(i), vectors={"big_image": v}) for i, v in enumerate(data[:4000])])
         unit = data / np.linalg.norm(data, axis=1, keepdims=True)
         found = 0
-        for q in data[rng.integers(0, 5000, 100)] + rng.standard_normal((100, 128)) * (0.3 / 128 ** 0.5):
+        for q in around(rng, data, 100, 0.3):
             truth = {str(i) for i in np.argsort(-(unit @ q))[:10]}
             res = c.search(q, field="big_image", hits=10, target_hits=10, explore_additional_hits=10)
             found += len(truth & {h.docid for h in res.hits})

@@ -144,9 +144,6 @@ class _Field:
             cos = (self.vectors.array()[slots] @ q) * self.inv_norms[slots] * scale
         return cos
 
-    def live_slots(self) -> np.ndarray:
-        return np.flatnonzero(self.doc_of_slot >= 0)
-
     def touch(self) -> None:
         self.version += 1
 
@@ -702,29 +699,29 @@ class Collection:
              allowed: set[int] | None, plans: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The ``k`` nearest live documents (of ``allowed``): (doc ids, closeness, cosine), best first."""
         doc_of_slot = f.doc_of_slot  # one consistent snapshot for this search
-        if allowed is None:
-            n_candidates = len(f.slot_of_doc)
-        else:
-            n_candidates = sum(1 for d in allowed if d in f.slot_of_doc)
+        rows = len(doc_of_slot)
+        filtered: np.ndarray | None = None  # the filter's slots in this snapshot, found once for plan and search
+        if allowed is not None:
+            filtered = np.fromiter((s for s in map(f.slot_of_doc.get, allowed) if s is not None and s < rows),
+                                   dtype=np.int64)
+        n_candidates = len(f.slot_of_doc) if filtered is None else len(filtered)
         # Vespa's planner: exact below its approximate-threshold (a filter passing < 5% of the documents)
         exact = (approximate is False or n_candidates <= max(self.exact_threshold, k)
-                 or (allowed is not None and n_candidates < APPROXIMATE_THRESHOLD * len(f.slot_of_doc)))
+                 or (filtered is not None and n_candidates < APPROXIMATE_THRESHOLD * len(f.slot_of_doc)))
         if exact:
             plans.append("exact")
-            if allowed is None:  # score every row in place (no gather), then drop dead slots
-                rows = len(doc_of_slot)
+            if filtered is None:  # score every row in place (no gather), then drop dead slots
                 cos = f.cosines(q, rows=rows)
                 live = doc_of_slot >= 0
                 slots = np.flatnonzero(live)
                 if len(slots) < rows:
                     cos = cos[live]
             else:
-                slots = np.fromiter((s for s in (f.slot_of_doc.get(d) for d in allowed)
-                                     if s is not None and s < len(doc_of_slot)), dtype=np.int64)
+                slots = filtered
                 cos = f.cosines(q, slots)
         else:
             plans.append("hnsw")
-            slots = self._ann_candidates(f, doc_of_slot, q, k, explore, allowed, n_candidates)
+            slots = self._ann_candidates(f, doc_of_slot, q, k, explore, filtered, n_candidates)
             cos = f.cosines(q, slots)
         if len(slots) == 0 or k == 0:
             empty = np.zeros(0)
@@ -738,7 +735,8 @@ class Collection:
         return docs[order], closeness(cos), cos
 
     def _ann_candidates(self, f: _Field, doc_of_slot: np.ndarray, q: np.ndarray, k: int, explore: int,
-                        allowed: set[int] | None, n_candidates: int) -> np.ndarray:
+                        filtered: np.ndarray | None, n_candidates: int) -> np.ndarray:
+        """The beam's candidate slots: live ones, and of ``filtered`` (the filter's slots) when given."""
         with self._write_lock:  # built under the write lock so no concurrent feed is missed
             if f.ann is None:
                 ann = AnnIndex(f.info.dim, self.hnsw)
@@ -746,13 +744,11 @@ class Collection:
                 f.ann = ann
         ann = f.ann
         rows = min(len(ann), len(doc_of_slot))
-        if allowed is None:
+        if filtered is None:
             allow = f.live_bitmap(rows)
         else:  # the filter's live slots: the graph is walked through the others, which are never returned
             mask = np.zeros(rows, dtype=bool)
-            slots = np.fromiter((s for s in map(f.slot_of_doc.get, allowed) if s is not None and s < rows),
-                                dtype=np.int64)
-            mask[slots] = True
+            mask[filtered[filtered < rows]] = True
             allow = np.packbits(mask, bitorder="little")
         ef = k + explore
         want = min(ef, n_candidates)  # as Vespa: a whole beam of candidates that pass (live, in the filter)
@@ -762,8 +758,7 @@ class Collection:
             if len(keys) >= want:
                 return keys
             if ef >= rows:  # the graph cannot reach them all: every candidate, scored exactly
-                return f.live_slots() if allowed is None else np.fromiter(
-                    (s for s in map(f.slot_of_doc.get, allowed) if s is not None), dtype=np.int64)
+                return np.flatnonzero(doc_of_slot >= 0) if filtered is None else filtered
             # dead slots or a filter took part of the beam: widen it by the share that passed (at least twice)
             ef = min(rows, max(2 * ef, int(1.25 * ef * want / max(len(keys), 1))))
 
