@@ -337,6 +337,37 @@ def test_newer_format_is_refused_with_upgrade_message(tmp_path):
         Collection.open(tmp_path / "c")
 
 
+def test_two_processes_creating_one_collection_migrate_it_once(tmp_path):
+    """A reader that opens a collection while its creator is still migrating it waits, then sees it migrated."""
+    import sqlite3
+    from clipseek import store
+    folder = tmp_path / "c"
+    folder.mkdir()
+    creator = sqlite3.connect(folder / store.DB_FILE, isolation_level=None)
+    creator.execute("PRAGMA journal_mode=WAL")  # as store.connect does first
+    creator.execute("BEGIN IMMEDIATE")  # the creator holds the write lock, mid-migration, version still 0
+    for migrate in store.MIGRATIONS:
+        migrate(creator)
+    creator.execute(f"PRAGMA user_version={store.FORMAT_VERSION}")
+    opened, failed = [], []
+
+    def open_reader():
+        try:
+            with Collection.open(folder, readonly=True) as reader:
+                opened.append(len(reader))
+        except Exception as exc:  # noqa: BLE001 - the assertion below shows it
+            failed.append(exc)
+
+    thread = threading.Thread(target=open_reader)
+    thread.start()
+    thread.join(0.5)
+    assert thread.is_alive()  # it read version 0 and now waits for the creator's lock
+    creator.execute("COMMIT")
+    creator.close()
+    thread.join(30)
+    assert failed == [] and opened == [0]
+
+
 def test_format_1_collections_are_migrated_even_by_a_reader(tmp_path):
     import sqlite3
     with Collection.create(tmp_path / "c") as c:

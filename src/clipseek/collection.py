@@ -207,15 +207,12 @@ class Collection:
                                           else f"no {store.DB_FILE} in it")
             lock_fd = _lock(folder)
         try:
-            db = store.connect(folder, create=create and not readonly, readonly=readonly)
-            if not readonly and store.get_meta(db, "namespace") is None:
-                params = hnsw or HnswParams()
-                db.execute("BEGIN IMMEDIATE")
-                store.set_meta(db, "namespace", namespace)
-                store.set_meta(db, "hnsw", {"max_links_per_node": params.max_links_per_node,
-                                            "neighbors_to_explore_at_insert": params.neighbors_to_explore_at_insert})
-                store.set_meta(db, "document_type", DOCUMENT_TYPE)
-                db.execute("COMMIT")
+            params = hnsw or HnswParams()
+            meta = None if readonly else {  # set once, when the collection is made
+                "namespace": namespace, "document_type": DOCUMENT_TYPE,
+                "hnsw": {"max_links_per_node": params.max_links_per_node,
+                         "neighbors_to_explore_at_insert": params.neighbors_to_explore_at_insert}}
+            db = store.connect(folder, create=create and not readonly, readonly=readonly, meta=meta)
         except sqlite3.OperationalError as exc:
             if lock_fd is not None:
                 os.close(lock_fd)

@@ -20,7 +20,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -78,8 +78,13 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migrati
 assert len(MIGRATIONS) == FORMAT_VERSION
 
 
-def connect(folder: Path, *, create: bool, readonly: bool = False) -> sqlite3.Connection:
-    """Open (or create) the collection database, migrating it to this code's format version."""
+def connect(folder: Path, *, create: bool, readonly: bool = False,
+            meta: Mapping[str, object] | None = None) -> sqlite3.Connection:
+    """Open (or create) the collection database, migrating it to this code's format version.
+
+    A writer migrates and stores ``meta`` (keys not yet set) in one transaction, so another process never sees
+    a half-made collection: it sees format 0 and waits for the write lock, or the finished one.
+    """
     path = folder / DB_FILE
     if not path.is_file():
         if not create:
@@ -98,14 +103,15 @@ def connect(folder: Path, *, create: bool, readonly: bool = False) -> sqlite3.Co
         db.close()
         raise CollectionVersionError(folder, version, FORMAT_VERSION)
     if not readonly:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA foreign_keys=ON")
-        for target in range(version, FORMAT_VERSION):
-            db.execute("BEGIN IMMEDIATE")
-            MIGRATIONS[target](db)
-            db.execute(f"PRAGMA user_version={target + 1}")
-            db.execute("COMMIT")
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            if version < FORMAT_VERSION or meta:
+                _migrate(db, folder, meta or {})
+        except BaseException:
+            db.close()
+            raise
     elif version < FORMAT_VERSION:
         db.close()
         try:  # a reader of an older collection migrates it first when it may (the migrations are small)
@@ -115,6 +121,25 @@ def connect(folder: Path, *, create: bool, readonly: bool = False) -> sqlite3.Co
                                               "open it once for writing, e.g. with `clipseek index`") from exc
         return connect(folder, create=False, readonly=True)
     return db
+
+
+def _migrate(db: sqlite3.Connection, folder: Path, meta: Mapping[str, object]) -> None:
+    db.execute("BEGIN IMMEDIATE")
+    try:  # read the version again under the write lock: another process may have migrated meanwhile
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > FORMAT_VERSION:
+            raise CollectionVersionError(folder, version, FORMAT_VERSION)
+        for target in range(version, FORMAT_VERSION):
+            MIGRATIONS[target](db)
+        for key, value in meta.items():
+            if get_meta(db, key) is None:
+                set_meta(db, key, value)
+        db.execute(f"PRAGMA user_version={FORMAT_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def get_meta(db: sqlite3.Connection, key: str, default: str | None = None) -> str | None:
