@@ -1,4 +1,6 @@
-"""Child process for test_crash: feeds deterministic batches forever, printing 'ack N' after each commit."""
+"""Child process for test_crash: feeds deterministic batches, printing 'ack N' after each commit.
+
+Arguments: collection path, first batch, and optionally the last batch (else it feeds until killed)."""
 
 import sys
 
@@ -15,10 +17,11 @@ def vector_for(docid: str) -> np.ndarray:
 
 def main() -> None:
     path, start = sys.argv[1], int(sys.argv[2])
+    last = int(sys.argv[3]) if len(sys.argv) > 3 else None
     c = Collection.open(path, create=True, exact_threshold=0)
     c.add_field("tiny_image", "tiny", DIM)
     batch = start
-    while True:
+    while last is None or batch <= last:
         docs = [Document(f"b{batch}-{i}", width=batch, vectors={"tiny_image": vector_for(f"b{batch}-{i}")})
                 for i in range(20)]
         if batch % 3 == 2:  # replace some earlier documents too
@@ -30,6 +33,7 @@ def main() -> None:
         if batch % 5 == 0:
             c.checkpoint()
         batch += 1
+    c.close()
 
 
 if __name__ == "__main__":

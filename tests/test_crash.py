@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 
+import numpy as np
+
 from clipseek.collection import Collection
 
 HERE = Path(__file__).resolve().parent
@@ -69,3 +71,37 @@ def test_sigkill_at_random_moments(tmp_path):
     assert start > 12  # the feeder made real progress between kills
     with Collection.open(path) as c:
         assert len(c) > 200
+
+
+def test_a_reader_follows_a_feeding_process(tmp_path):
+    """Another process commits 300 batches (and snapshots its graph) while this one searches: every search
+    succeeds, and the reader ends up seeing every document. Two rounds, as a commit landing between a
+    reader's reads is a race (one round caught the bug it guards against 3 times in 4)."""
+    last = 299
+    for round_ in range(2):
+        path = tmp_path / f"c{round_}"
+        env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=str(HERE.parent))
+        feeder = subprocess.Popen([sys.executable, "-m", "tests.crash_feeder", str(path), "0", str(last)],
+                                  stdout=subprocess.PIPE, text=True, env=env, cwd=HERE.parent)
+        errors, sizes = [], []
+        try:
+            assert feeder.stdout is not None and feeder.stdout.readline().startswith("ack ")
+            rng = np.random.RandomState(round_)
+            with Collection.open(path, readonly=True, exact_threshold=0) as reader:
+                q = reader.get("b0-5").vectors["tiny_image"]  # the feeder's vectors follow its own hash seed
+                while True:
+                    running = feeder.poll() is None
+                    try:
+                        assert reader.search(q, field="tiny_image", hits=1).hits[0].docid == "b0-5"
+                        reader.search(rng.randn(len(q)), field="tiny_image", hits=10, target_hits=40)
+                        sizes.append(len(reader))
+                    except Exception as exc:  # noqa: BLE001 - shown below
+                        errors.append(exc)
+                    if not running:
+                        break
+        finally:
+            feeder.kill()
+            out, _ = feeder.communicate()
+        assert feeder.returncode == 0 and f"ack {last}" in out
+        assert errors == [] and len(set(sizes)) > 10  # it searched between many of the feeder's commits
+        assert sizes[-1] == (last + 1) * 20 - last // 4  # batches of 20, less a removal every 4th from the 4th

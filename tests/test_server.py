@@ -258,7 +258,7 @@ def test_queries_are_served_while_clipseek_index_writes(tmp_path):
         counts = []
         while indexer.poll() is None:
             status, body = http(url + urllib.parse.urlencode({"input": "a red circle", "hits": 1}))
-            assert status == 200
+            assert status == 200, body
             counts.append(body["root"]["coverage"]["documents"])
         out = indexer.stdout.read()
         assert indexer.returncode == 0, out

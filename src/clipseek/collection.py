@@ -289,13 +289,20 @@ class Collection:
 
     def _load_fields(self) -> None:
         db = self._db
-        self._data_version = db.execute("PRAGMA data_version").fetchone()[0]
-        self._recount()
+        db.execute("BEGIN")  # one snapshot: a commit between these reads would map slots past next_slot
+        try:
+            self._data_version = db.execute("PRAGMA data_version").fetchone()[0]
+            self._recount()
+            rows = db.execute("SELECT name, model, dim, next_slot FROM vector_fields").fetchall()
+            slots = {row["name"]: np.fromiter(itertools.chain.from_iterable(
+                db.execute("SELECT doc, slot FROM vectors WHERE field=?", (row["name"],))), dtype=np.int64)
+                for row in rows}
+        finally:
+            db.execute("COMMIT")
         fields = {}
-        for row in db.execute("SELECT name, model, dim, next_slot FROM vector_fields"):
+        for row in rows:
             f = _Field(self.path, FieldInfo(row["name"], row["model"], row["dim"]), row["next_slot"])
-            cursor = db.execute("SELECT doc, slot FROM vectors WHERE field=?", (f.info.name,))
-            arr = np.fromiter(itertools.chain.from_iterable(cursor), dtype=np.int64).reshape(-1, 2)
+            arr = slots[f.info.name].reshape(-1, 2)
             if len(arr):
                 f.doc_of_slot[arr[:, 1]] = arr[:, 0]
                 f.slot_of_doc = dict(zip(arr[:, 0].tolist(), arr[:, 1].tolist()))
