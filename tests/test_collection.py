@@ -157,6 +157,25 @@ def test_graph_skips_dead_slots_and_tiny_filters_without_losing_hits(coll):
     assert res.plan == "exact" and [h.docid for h in res.hits] == brute(survivors, q, 2, keep)
 
 
+def test_a_graph_that_cannot_reach_enough_slots_falls_back_to_exact(coll, monkeypatch):
+    """When even a full-width beam finds too few candidates (a part of the graph unreachable), every candidate
+    slot is scored exactly: live ones, and only the filter's when there is a filter."""
+    from clipseek.index import AnnIndex
+    docs = make_docs(600)
+    coll.feed(docs)
+    coll.exact_threshold = 0
+    for d in docs[:60]:
+        coll.remove(d.docid)
+    survivors, q = docs[60:], np.random.RandomState(7).randn(DIM)
+    coll.search(q, field="tiny_image")  # build the graph, then make it reach nothing
+    monkeypatch.setattr(AnnIndex, "search", lambda self, *a, **kw: np.zeros(0, dtype=np.int64))
+    res = coll.search(q, field="tiny_image", hits=10)
+    assert res.plan == "hnsw" and [h.docid for h in res.hits] == brute(survivors, q, 10)
+    flt, keep = Filter(folder="/photos/cats"), (lambda d: d.path.startswith("/photos/cats/"))  # noqa: E731
+    res = coll.search(q, field="tiny_image", hits=10, filter=flt)
+    assert res.plan == "hnsw" and [h.docid for h in res.hits] == brute(survivors, q, 10, keep)
+
+
 def test_yql_nearest_neighbor_with_predicates(coll):
     docs = make_docs(60)
     coll.feed(docs)
