@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
@@ -29,7 +31,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 @schema.parametrize()
-@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.settings(max_examples=int(os.environ.get("CLIPSEEK_FUZZ_EXAMPLES", "25")), deadline=None)
 def test_native_api_never_fails(case):
     from schemathesis.checks import (content_type_conformance, not_a_server_error, response_schema_conformance,
                                      status_code_conformance)

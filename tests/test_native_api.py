@@ -42,6 +42,7 @@ def assert_error(resp, status):
     body = resp.json()
     assert set(body) == {"error"} and set(body["error"]) == {"status", "type", "message"}
     assert body["error"]["status"] == status and body["error"]["message"]
+    return body["error"]
 
 
 def test_text_search_and_hit_shape(setup):
@@ -87,6 +88,14 @@ def test_errors_share_one_shape(setup):
     assert_error(client.get("/api/search", params={"q": "x", "model": "RN50"}), 400)
     assert_error(client.get("/api/search", params={"like": "nope"}), 400)
     assert_error(client.get("/api/thumbnails/whatever", params={"size": "99"}), 400)
+    # JSON of the wrong shape (found by the fuzz test): each a 400 naming the field
+    for body, field in (({"terms": True}, "terms"), ({"q": {"a": 1}}, "q"), ({"terms": [{"text": ["x"]}]}, "text"),
+                        ({"q": "x", "folder": [1]}, "folder"), ({"q": "x", "format": {"a": 1}}, "format"),
+                        ({"q": "x", "model": ["tiny"]}, "model"), ({"q": "x", "k": True}, "k")):
+        assert field in assert_error(client.post("/api/search", json=body), 400)["message"]
+    assert_error(client.get("/api/search", params={"q": "x", "since": "inf"}), 400)
+    listed = client.post("/api/search", json={"q": "a shape", "format": ["JPEG"], "k": 10})
+    assert [h["image_file_name"] for h in listed.json()["hits"]] == ["rotated.jpg"]
 
 
 def test_originals_and_thumbnails_only_of_indexed_documents(setup):

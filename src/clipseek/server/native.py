@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import math
 import os
 import time
 from pathlib import Path
@@ -38,9 +39,21 @@ def _number(value: Any, name: str, kind: type = float) -> Any:
     if value is None or value == "":
         return None
     try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise QueryError(f"{name} must be a {'whole number' if kind is int else 'number'}, got {value!r}") from None
+        number = kind(value) if not isinstance(value, (bool, list, dict)) else None
+        if number is not None and math.isfinite(number):
+            return number
+    except (TypeError, ValueError, OverflowError):
+        pass
+    raise QueryError(f"{name} must be a {'whole number' if kind is int else 'number'}, got {value!r}")
+
+
+def _text(value: Any, name: str) -> str | None:
+    """A string parameter of a JSON body (numbers are taken as their text); None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise QueryError(f"{name} must be a string, got {value!r}")
 
 
 def routes(collection_for: Callable[[], Collection], encoder_for: Callable[[str], Encoder],
@@ -65,9 +78,10 @@ def routes(collection_for: Callable[[], Collection], encoder_for: Callable[[str]
 
     def filters(params: dict[str, Any]) -> Filter:
         formats = params.get("format")
-        if isinstance(formats, str):
-            formats = [f for f in formats.split(",") if f]
-        return Filter(folder=params.get("folder") or None, formats=formats or None,
+        if isinstance(formats, list) and all(isinstance(f, str) for f in formats):
+            formats = ",".join(formats)
+        formats = [f for f in (_text(formats, "format (e.g. \"JPEG,PNG\")") or "").split(",") if f]
+        return Filter(folder=_text(params.get("folder"), "folder") or None, formats=formats or None,
                       mtime_from=_number(params.get("since"), "since"), mtime_to=_number(params.get("until"), "until"),
                       min_width=_number(params.get("min_width"), "min_width", int),
                       min_height=_number(params.get("min_height"), "min_height", int))
@@ -99,10 +113,11 @@ def routes(collection_for: Callable[[], Collection], encoder_for: Callable[[str]
             weight = _number(term.get("weight", 1.0), "weight")
             if weight is None or not -100 <= weight <= 100:
                 raise QueryError(f"weight must be a number between -100 and 100, got {term.get('weight')!r}")
-            if "text" in term and str(term["text"]).strip():
-                total += weight * encoder.embed_texts([str(term["text"])])[0]
-            elif "id" in term:
-                doc = coll.get(str(term["id"]))
+            text, docid = _text(term.get("text"), "a term's text"), _text(term.get("id"), "a term's id")
+            if text is not None and text.strip():
+                total += weight * encoder.embed_texts([text])[0]
+            elif docid is not None:
+                doc = coll.get(docid)
                 if doc is None or field not in doc.vectors:
                     raise QueryError(f"no indexed image with id {term['id']!r} (and vectors of {model})")
                 total += weight * l2_normalize(doc.vectors[field])
@@ -134,7 +149,7 @@ def routes(collection_for: Callable[[], Collection], encoder_for: Callable[[str]
 
         def go() -> dict[str, Any]:
             coll = collection_for()
-            field, model = pick_field(coll, params.get("model"))
+            field, model = pick_field(coll, _text(params.get("model"), "model"))
             terms: list[Any] = []
             if params.get("q"):
                 terms.append({"text": params["q"]})
@@ -167,8 +182,11 @@ def routes(collection_for: Callable[[], Collection], encoder_for: Callable[[str]
                 if not isinstance(body, dict):
                     raise QueryError("the JSON body must be an object")
                 terms = body.get("terms") or []
-                if body.get("q"):
-                    terms.append({"text": body["q"]})
+                if not isinstance(terms, list):
+                    raise QueryError(f"terms must be a list of objects like {{\"text\": \"a dog\"}}, got {terms!r}")
+                terms = list(terms)
+                if q := _text(body.get("q"), "q"):
+                    terms.append({"text": q})
                 params.update({k: v for k, v in body.items() if k not in ("terms", "q")})
             else:
                 uploads.append(await request.body())
@@ -177,7 +195,7 @@ def routes(collection_for: Callable[[], Collection], encoder_for: Callable[[str]
 
         def go() -> dict[str, Any]:
             coll = collection_for()
-            field, model = pick_field(coll, params.get("model"))
+            field, model = pick_field(coll, _text(params.get("model"), "model"))
             vector = combine(coll, field, model, terms, uploads)
             return run(coll, field, model, vector, params, terms or "image upload")
         return await guarded(go)

@@ -33,7 +33,12 @@ _Q = [
     {"name": "format", "in": "query", "schema": {"type": "string"}, "description": "comma-separated, e.g. JPEG,PNG"},
     {"name": "since", "in": "query", "schema": {"type": "number"}, "description": "mtime lower bound (epoch s)"},
     {"name": "until", "in": "query", "schema": {"type": "number"}},
+    {"name": "min_width", "in": "query", "schema": {"type": "integer"}},
+    {"name": "min_height", "in": "query", "schema": {"type": "integer"}},
 ]
+#: The JSON body of POST /api/search takes the same options as the query string (``format`` also as a list).
+_BODY_OPTIONS = {p["name"]: p["schema"] for p in _Q} | {
+    "format": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}}
 
 SPEC: dict[str, Any] = {
     "openapi": "3.0.3",
@@ -56,9 +61,7 @@ SPEC: dict[str, Any] = {
                     "q": {"type": "string"},
                     "terms": {"type": "array", "items": {"type": "object", "properties": {
                         "text": {"type": "string"}, "id": {"type": "string"}, "weight": {"type": "number"}}}},
-                    "k": {"type": "integer", "minimum": 1, "maximum": 400},
-                    "offset": {"type": "integer", "minimum": 0, "maximum": 1000},
-                    "threshold": {"type": "number"}, "model": {"type": "string"}}}}}},
+                    **_BODY_OPTIONS}}}}},
                 "responses": {"200": _json(_RESULT, "ranked hits"), "400": _json(_ERROR, "bad request")},
             },
         },
