@@ -387,6 +387,17 @@ def test_two_processes_creating_one_collection_migrate_it_once(tmp_path):
     assert failed == [] and opened == [0]
 
 
+def test_opening_a_made_collection_for_writing_commits_nothing(tmp_path):
+    """Readers reload everything after another process's commit: a writer that only opens must not make one."""
+    import sqlite3
+    Collection.create(tmp_path / "c").close()
+    other = sqlite3.connect(tmp_path / "c" / "collection.sqlite")
+    before = other.execute("PRAGMA data_version").fetchone()[0]
+    Collection.open(tmp_path / "c").close()
+    assert other.execute("PRAGMA data_version").fetchone()[0] == before
+    other.close()
+
+
 def test_format_1_collections_are_migrated_even_by_a_reader(tmp_path):
     import sqlite3
     with Collection.create(tmp_path / "c") as c:

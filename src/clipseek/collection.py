@@ -567,8 +567,8 @@ class Collection:
         else:
             if vector is None or field is None:
                 raise QueryError("search needs a vector and a field, or a YQL statement")
-            target = target_hits if target_hits is not None else max(hits + offset, DEFAULT_TARGET_HITS)
-            where = yql.NearestNeighbor(field, "q", target, approximate, explore_additional_hits)
+            where = yql.NearestNeighbor(field, "q", _target_hits(target_hits, hits, offset), approximate,
+                                        explore_additional_hits)
             tensors["q"] = vector
             _check_model(self._field(field), model)
         if filter is not None:
@@ -599,8 +599,7 @@ class Collection:
         f = self._field(field)
         _check_model(f, model)
         q = self.query_vector(field, vector)
-        target = target_hits if target_hits is not None else max(hits + offset, DEFAULT_TARGET_HITS)
-        k = _cap(target, "targetHits", MAX_TARGET_HITS)
+        k = _cap(_target_hits(target_hits, hits, offset), "targetHits", MAX_TARGET_HITS)
         hits, offset = _cap(hits, "hits", MAX_HITS), _cap(offset, "offset", MAX_OFFSET)
         plans: list[str] = []
         docs, rel, _cos = self._knn(f, q, k, explore, approximate, None, plans)
@@ -778,6 +777,11 @@ def _check_model(f: _Field, model: str | None) -> None:
     if model is not None and f.info.model != model:
         raise VectorError(f"field {f.info.name} holds vectors of model {f.info.model}, but the query was "
                           f"encoded with {model}: encode it with {f.info.model}")
+
+
+def _target_hits(target_hits: int | None, hits: int, offset: int) -> int:
+    """targetHits as given, else enough for the page and at least DEFAULT_TARGET_HITS."""
+    return target_hits if target_hits is not None else max(hits + offset, DEFAULT_TARGET_HITS)
 
 
 def _cap(value: int, name: str, limit: int) -> int:

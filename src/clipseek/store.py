@@ -107,8 +107,8 @@ def connect(folder: Path, *, create: bool, readonly: bool = False,
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
-            if version < FORMAT_VERSION or meta:
-                _migrate(db, folder, meta or {})
+            if version < FORMAT_VERSION or any(get_meta(db, key) is None for key in meta or {}):
+                _migrate(db, folder, meta or {})  # else nothing to write: readers see no commit
         except BaseException:
             db.close()
             raise
@@ -134,7 +134,8 @@ def _migrate(db: sqlite3.Connection, folder: Path, meta: Mapping[str, object]) -
         for key, value in meta.items():
             if get_meta(db, key) is None:
                 set_meta(db, key, value)
-        db.execute(f"PRAGMA user_version={FORMAT_VERSION}")
+        if version < FORMAT_VERSION:
+            db.execute(f"PRAGMA user_version={FORMAT_VERSION}")
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
