@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 
 import numpy as np
@@ -360,8 +361,10 @@ def test_two_processes_creating_one_collection_migrate_it_once(tmp_path):
     """A reader that opens a collection while its creator is still migrating it waits, then sees it migrated."""
     import sqlite3
     from clipseek import store
+    from clipseek.collection import _lock
     folder = tmp_path / "c"
     folder.mkdir()
+    lock = _lock(folder)  # as Collection.open does before it migrates
     creator = sqlite3.connect(folder / store.DB_FILE, isolation_level=None)
     creator.execute("PRAGMA journal_mode=WAL")  # as store.connect does first
     creator.execute("BEGIN IMMEDIATE")  # the creator holds the write lock, mid-migration, version still 0
@@ -383,6 +386,7 @@ def test_two_processes_creating_one_collection_migrate_it_once(tmp_path):
     assert thread.is_alive()  # it read version 0 and now waits for the creator's lock
     creator.execute("COMMIT")
     creator.close()
+    os.close(lock)
     thread.join(30)
     assert failed == [] and opened == [0]
 
@@ -398,7 +402,7 @@ def test_opening_a_made_collection_for_writing_commits_nothing(tmp_path):
     other.close()
 
 
-def test_format_1_collections_are_migrated_even_by_a_reader(tmp_path):
+def test_format_1_collections_are_migrated_by_a_writer_never_by_a_reader(tmp_path):
     import sqlite3
     with Collection.create(tmp_path / "c") as c:
         c.add_field("tiny_image", "tiny", DIM)
@@ -408,12 +412,16 @@ def test_format_1_collections_are_migrated_even_by_a_reader(tmp_path):
     db.execute("PRAGMA user_version=1")
     db.commit()
     db.close()
+    before = (tmp_path / "c" / "collection.sqlite").read_bytes()
+    with pytest.raises(NotACollectionError, match="needs a migration.*clipseek index"):
+        Collection.open(tmp_path / "c", readonly=True)
+    assert (tmp_path / "c" / "collection.sqlite").read_bytes() == before  # nothing written: not even the WAL
+    wal = tmp_path / "c" / "collection.sqlite-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
+    with Collection.open(tmp_path / "c") as c:
+        assert len(c) == 5 and c.get("d3").namespace is None
     with Collection.open(tmp_path / "c", readonly=True) as reader:
-        assert len(reader) == 5 and reader.get("d3").namespace is None
         assert reader.search(np.ones(DIM), field="tiny_image", hits=5).hits[0].namespace is None
-    db = sqlite3.connect(tmp_path / "c" / "collection.sqlite")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
-    db.close()
     with Collection.open(tmp_path / "c") as c:
         c.feed([Document("other", namespace="photos", vectors={"tiny_image": np.ones(DIM)})])
         c.put(Document("mine", namespace=c.namespace, vectors={"tiny_image": -np.ones(DIM)}))
@@ -583,7 +591,7 @@ def test_hits_from_the_in_memory_summaries_match_sqlite_through_writes(tmp_path)
                 assert not reader._summary.in_memory
                 assert _hits(c, queries) == _hits(reader, queries)
 
-        c.update("d1", attributes={"path": "/photos/moved/1.jpg", "width": "640"})  # stored as the integer 640
+        c.update("d1", attributes={"path": "/photos/moved/1.jpg", "width": 640})
         c.put(Document("d2", namespace="other", width=7, vectors={"tiny_image": queries[2]}))
         c.feed([Document("n1", image_file_name="n.jpg", vectors={"tiny_image": queries[0]})])
         c.remove("d0")

@@ -9,6 +9,8 @@ search for small or heavily filtered candidate sets and HNSW otherwise; ``approx
 
 from __future__ import annotations
 
+import base64
+import errno
 import fcntl
 import itertools
 import json
@@ -23,9 +25,9 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from . import store, yql
-from .errors import (CollectionLockedError, FieldError, NotACollectionError, QueryError, ReadOnlyError,
-                     VectorError)
+from . import selection as doc_selection, store, yql
+from .errors import (CollectionLockedError, DiskFullError, FieldError, NotACollectionError, QueryError,
+                     ReadOnlyError, VectorError)
 from .index import AnnIndex, HnswParams, closeness
 from .summaries import SUMMARY_FIELDS, Summaries, Summary
 
@@ -35,6 +37,12 @@ MAX_TARGET_HITS = 10_000
 MAX_OFFSET = 1000
 DEFAULT_TARGET_HITS = 100  # the seed's TextEmbeddingSearcher; a small beam costs recall for little speed
 APPROXIMATE_THRESHOLD = 0.05  # Vespa's default approximate-threshold: below it, exact search
+MAX_ID_BYTES = 1024  # a document id's UTF-8 length (Vespa allows 64 KiB; ours name photos)
+INT64 = 2 ** 63
+#: The Python type of each summary attribute (what a document may store there, checked before any write).
+ATTRIBUTE_TYPES: dict[str, type] = {"image_file_name": str, "path": str, "size": int, "mtime": float,
+                                    "content_hash": str, "width": int, "height": int, "format": str,
+                                    "indexed_at": float}
 FILTER_COLUMNS = {"image_file_name", "path", "size", "mtime", "content_hash", "width", "height", "format",
                   "indexed_at", "docid"}
 
@@ -225,9 +233,8 @@ class Collection:
         return cls(folder, db, readonly=readonly, lock_fd=lock_fd, exact_threshold=exact_threshold)
 
     def close(self) -> None:
-        """Snapshot HNSW graphs (so the next open needs no rebuild) and release the write lock."""
-        if not self.readonly:
-            self.checkpoint()
+        """Snapshot HNSW graphs (so the next open needs no rebuild), checkpoint the WAL, release the write lock."""
+        self.checkpoint()
         self._db.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -240,10 +247,30 @@ class Collection:
         self.close()
 
     def checkpoint(self) -> None:
+        """Snapshot the HNSW graphs and fold SQLite's WAL into the database file (a writer's; readers: no-op)."""
+        if self.readonly:
+            return
         with self._write_lock:
             for f in self._fields.values():
                 if f.ann is not None and not f.ann.is_view:
                     f.ann.save(self.path / "ann", f.info.name)
+            store.checkpoint_wal(self._db, self.path)
+
+    # ---- indexed folders -------------------------------------------------------------------------------
+    def indexed_roots(self) -> list[bytes]:
+        """Real paths of the folders ``clipseek index`` indexed: originals are served only from under these."""
+        text = store.get_meta(self._db, "indexed_roots")
+        return [base64.b64decode(r) for r in json.loads(text)] if text else []
+
+    def add_indexed_roots(self, roots: Iterable[bytes]) -> None:
+        """Record folders (their real paths, as bytes) that an index run covers."""
+        self._need_write()
+        with self._write_lock:
+            current = self.indexed_roots()
+            added = [r for r in roots if r not in current]
+            if added:
+                store.set_meta(self._db, "indexed_roots",
+                               [base64.b64encode(r).decode("ascii") for r in [*current, *added]])
 
     # ---- fields ----------------------------------------------------------------------------------------
     @property
@@ -380,8 +407,9 @@ class Collection:
         with self._write_lock:
             checked: list[dict[str, np.ndarray]] = []
             for d in docs:
-                if not isinstance(d.docid, str) or not d.docid:
-                    raise QueryError("every document needs a non-empty string id")
+                check_docid(d.docid)
+                for name in SUMMARY_FIELDS:
+                    setattr(d, name, check_attribute(name, getattr(d, name), d.docid))
                 checked.append({k: self._check_vector(k, v, d.docid) for k, v in d.vectors.items() if k not in unchanged})
             # 1. vectors to fresh slots past next_slot (durable, but unreferenced until the commit)
             planned: dict[str, list[tuple[int, int, np.ndarray]]] = {}
@@ -393,7 +421,12 @@ class Collection:
             for fname, items in planned.items():
                 f = self._fields[fname]
                 first = f.next_slot
-                planned_norms[fname] = f.vectors.write(first, np.stack([v for _, _, v in items]))
+                try:
+                    planned_norms[fname] = f.vectors.write(first, np.stack([v for _, _, v in items]))
+                except OSError as exc:
+                    if exc.errno == errno.ENOSPC:
+                        raise DiskFullError(self.path, 0) from exc
+                    raise
                 new_slots[fname] = np.arange(first, first + len(items), dtype=np.int64)
             # 2. one transaction pointing documents at them
             db = self._db
@@ -426,8 +459,11 @@ class Collection:
                     db.execute("UPDATE vector_fields SET next_slot=? WHERE name=?",
                                (int(new_slots[fname][-1]) + 1, fname))
                 db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
+            except BaseException as exc:
+                if db.in_transaction:  # SQLite may have rolled back itself (disk full, I/O error)
+                    db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+                    raise DiskFullError(self.path, 0) from exc
                 raise
             self._recount()
             # 3. in-memory state and graphs follow the commit; summaries first, so a new slot's hit has one
@@ -467,9 +503,16 @@ class Collection:
             doc = int(row[0])
             slots = db.execute("SELECT field, slot FROM vectors WHERE doc=?", (doc,)).fetchall()
             db.execute("BEGIN IMMEDIATE")
-            db.execute("DELETE FROM vectors WHERE doc=?", (doc,))
-            db.execute("DELETE FROM documents WHERE id=?", (doc,))
-            db.execute("COMMIT")
+            try:
+                db.execute("DELETE FROM vectors WHERE doc=?", (doc,))
+                db.execute("DELETE FROM documents WHERE id=?", (doc,))
+                db.execute("COMMIT")
+            except BaseException as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+                    raise DiskFullError(self.path, 0) from exc
+                raise
             self._recount()
             for r in slots:
                 f = self._fields[r["field"]]
@@ -505,16 +548,22 @@ class Collection:
         return doc
 
     def visit(self, *, continuation: int = 0, count: int = 100, with_vectors: bool = True,
-              only_namespace: bool = False, namespace: str | None = None, slices: int = 1, slice_id: int = 0
-              ) -> tuple[list[Document], int | None]:
+              only_namespace: bool = False, namespace: str | None = None, slices: int = 1, slice_id: int = 0,
+              selection: str | None = None) -> tuple[list[Document], int | None]:
         """Documents in id order after ``continuation``; the next continuation, or None at the end.
         With ``only_namespace``, just those fed under ``namespace`` (None: the collection's own). ``slices`` > 1
-        splits the documents into that many disjoint parts (Vespa's visit slicing); this visits part ``slice_id``."""
+        splits the documents into that many disjoint parts (Vespa's visit slicing); this visits part ``slice_id``.
+        ``selection`` keeps the documents a Vespa document selection matches (see :mod:`clipseek.selection`)."""
         self._refresh()
         if not 0 <= slice_id < slices:
             raise QueryError(f"slice id {slice_id} must be in 0..{slices - 1} for {slices} slices")
+        if not 0 <= continuation < INT64 or not 0 < count <= 100_000 or slices >= INT64:
+            raise QueryError("continuation, count and slices must be whole numbers within 64 bits")
         where = "AND namespace IS ?" if only_namespace else ""
         args: list[Any] = [namespace] if only_namespace else []
+        if selection is not None and selection.strip().lower() not in ("", "true", DOCUMENT_TYPE):
+            sql, sel_args = doc_selection.compile_selection(selection)
+            where, args = f"{where} AND coalesce({sql}, 0)", [*args, *sel_args]
         if slices > 1:
             where, args = f"{where} AND id % ? = ?", [*args, slices, slice_id]
         rows = self._conn().execute(f"SELECT * FROM documents WHERE id > ? {where} ORDER BY id LIMIT ?",
@@ -770,6 +819,50 @@ def _inverse(norms: np.ndarray) -> np.ndarray:
     out = np.zeros(len(norms), np.float32)
     np.divide(1.0, norms, out=out, where=norms > 0)
     return out
+
+
+def check_docid(docid: Any) -> str:
+    """A usable document id: a non-empty string without NUL, at most MAX_ID_BYTES in UTF-8."""
+    if not isinstance(docid, str) or not docid:
+        raise QueryError("every document needs a non-empty string id")
+    if "\0" in docid:
+        raise QueryError(f"document id {docid[:80]!r} contains a NUL character")
+    try:
+        size = len(docid.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise QueryError(f"document id {docid[:80]!r} is not valid Unicode text") from None
+    if size > MAX_ID_BYTES:
+        raise QueryError(f"document id of {size} bytes is longer than the {MAX_ID_BYTES} bytes accepted")
+    return docid
+
+
+def check_attribute(name: str, value: Any, docid: str = "") -> Any:
+    """``value`` as attribute ``name`` stores it, or a QueryError naming the field and what it takes."""
+    kind = ATTRIBUTE_TYPES.get(name)
+    where = f"document {docid!r}: " if docid else ""
+    if kind is None:
+        raise FieldError(f"{where}no field '{name}' in the structure of type '{DOCUMENT_TYPE}'")
+    if value is None:
+        return None
+    if kind is str:
+        if not isinstance(value, str):
+            raise QueryError(f"{where}field {name} takes a string, got {value!r:.80}")
+        if "\0" in value:
+            raise QueryError(f"{where}field {name} contains a NUL character")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise QueryError(f"{where}field {name} takes a {'whole number' if kind is int else 'number'}, got {value!r:.80}")
+    if kind is int:
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise QueryError(f"{where}field {name} takes a whole number, got {value!r}")
+            value = int(value)
+        if not -INT64 <= value < INT64:
+            raise QueryError(f"{where}field {name} takes a 64-bit whole number, got {value}")
+        return value
+    if not math.isfinite(value):
+        raise QueryError(f"{where}field {name} takes a finite number, got {value!r}")
+    return float(value)
 
 
 def _check_model(f: _Field, model: str | None) -> None:

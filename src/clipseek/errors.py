@@ -14,11 +14,14 @@ Tree::
     │   ├── NotACollectionError        folder missing or not a collection
     │   ├── CollectionVersionError     written by a newer clipseek
     │   ├── CollectionLockedError      another process is writing
+    │   ├── CollectionDamagedError     a file of it fails its checks (`clipseek check --repair`)
+    │   ├── DiskFullError              the disk filled during a write; nothing committed was lost
     │   └── ReadOnlyError              opened read-only / folder not writable
     ├── QueryError                     a request the engine cannot run
     │   ├── YqlSyntaxError             malformed YQL, with the position
     │   ├── FieldError                 unknown field or rank profile
-    │   └── VectorError                wrong dimension, NaN/inf, not numbers
+    │   ├── VectorError                wrong dimension, NaN/inf, not numbers
+    │   └── TooLargeError              a request body or decompressed body over its limit (HTTP 413)
     └── VespaError                     moving a collection to Vespa
         ├── VespaExportError           the application package cannot be written
         └── VespaDeployError           no Docker engine / Vespa Cloud credentials, or the deploy failed
@@ -121,6 +124,21 @@ class ReadOnlyError(CollectionError):
     pass
 
 
+class CollectionDamagedError(CollectionError):
+    def __init__(self, path: Path, problems: Sequence[str]) -> None:
+        self.path, self.problems = path, list(problems)
+        listed = "; ".join(self.problems[:5]) + (f"; and {len(self.problems) - 5} more" if len(self.problems) > 5 else "")
+        super().__init__(f"collection {path} is damaged: {listed}. Run `clipseek check --repair --collection {path}` "
+                         "to rebuild what is derived and list what must be re-indexed")
+
+
+class DiskFullError(CollectionError):
+    def __init__(self, path: Path, written: int) -> None:
+        self.path, self.written = path, written
+        super().__init__(f"disk full while writing {path}: {written} documents written, nothing lost; "
+                         "free space and re-run")
+
+
 class QueryError(ClipseekError):
     pass
 
@@ -137,6 +155,10 @@ class FieldError(QueryError):
 
 
 class VectorError(QueryError):
+    pass
+
+
+class TooLargeError(QueryError):
     pass
 
 

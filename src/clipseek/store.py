@@ -15,6 +15,7 @@ overwrites: the collection always opens and agrees with itself, losing at most t
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -112,15 +113,36 @@ def connect(folder: Path, *, create: bool, readonly: bool = False,
         except BaseException:
             db.close()
             raise
-    elif version < FORMAT_VERSION:
+    elif version < FORMAT_VERSION:  # a reader never writes: not even a migration, which needs the write lock
+        deadline = time.monotonic() + 30
+        while _writer_active(folder) and time.monotonic() < deadline:  # a creator is migrating it: wait
+            time.sleep(0.05)
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version >= FORMAT_VERSION:
+                return db
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version >= FORMAT_VERSION:
+            return db
         db.close()
-        try:  # a reader of an older collection migrates it first when it may (the migrations are small)
-            connect(folder, create=False).close()
-        except (sqlite3.Error, OSError) as exc:
-            raise NotACollectionError(folder, f"format {version} needs a migration, which failed here ({exc}): "
-                                              "open it once for writing, e.g. with `clipseek index`") from exc
-        return connect(folder, create=False, readonly=True)
+        raise NotACollectionError(folder, f"it has format {version} and needs a migration to {FORMAT_VERSION}, which a "
+                                          "read-only open never does: open it once for writing, e.g. with "
+                                          "`clipseek index` or `clipseek check --repair`")
     return db
+
+
+def _writer_active(folder: Path) -> bool:
+    """Whether another process holds the collection's write lock (``write.lock``, flock'ed by writers)."""
+    try:
+        fd = os.open(folder / "write.lock", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def _migrate(db: sqlite3.Connection, folder: Path, meta: Mapping[str, object]) -> None:
@@ -141,6 +163,21 @@ def _migrate(db: sqlite3.Connection, folder: Path, meta: Mapping[str, object]) -
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+
+
+def checkpoint_wal(db: sqlite3.Connection, folder: Path) -> None:
+    """Move the WAL's pages into the main file and truncate the WAL, so that ``collection.sqlite`` alone holds
+    the data (a backup that copies just it copies everything). Skipped quietly while readers hold old pages,
+    and when the WAL is empty (a checkpoint would still make every reader reload)."""
+    try:
+        if os.path.getsize(folder / f"{DB_FILE}-wal") == 0:
+            return
+    except OSError:
+        return
+    try:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    except sqlite3.OperationalError:
+        pass
 
 
 def get_meta(db: sqlite3.Connection, key: str, default: str | None = None) -> str | None:

@@ -1,0 +1,190 @@
+"""Vespa's document selection language, the part this schema needs, compiled to a SQL condition on ``documents``.
+
+Used by visits and selective deletes (``/document/v1/…?selection=…``). Grammar (keywords case-insensitive)::
+
+    EXPR    := OR
+    OR      := AND ("or" AND)*
+    AND     := NOT ("and" NOT)*
+    NOT     := "not" NOT | "(" EXPR ")" | "true" | "false" | "image_search" | COMPARE
+    COMPARE := "image_search." FIELD OP VALUE
+    OP      := == | != | < | <= | > | >= | =        (``=`` is a glob: ``*`` any run, ``?`` one character)
+    VALUE   := number | "string" | 'string' | null
+
+FIELD is one of the document's attributes. Comparing with ``null`` asks whether the field is set. As in Vespa,
+a comparison on a field the document does not have is false (SQL's NULL never compares). Anything else — regular
+expressions (``=~``), ``id.*``, arithmetic, functions, another document type — is a :class:`QueryError`
+naming what is not supported, never ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .errors import QueryError
+from .summaries import SUMMARY_FIELDS
+
+DOCUMENT_TYPE = "image_search"
+MAX_LENGTH = 10_000
+MAX_DEPTH = 64
+_INT64 = 2 ** 63
+
+_TOKEN = re.compile(
+    r"""\s*(?:(?P<num>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)|(?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')"""
+    r"""|(?P<op>==|!=|<=|>=|=~|[=<>()])|(?P<name>[A-Za-z_][A-Za-z0-9_.]*)|(?P<bad>\S))""")
+_NUMERIC = {"size", "mtime", "width", "height", "indexed_at"}
+
+
+def compile_selection(text: str) -> tuple[str, list[Any]]:
+    """``text`` → (SQL condition over ``documents``, its parameters)."""
+    if len(text) > MAX_LENGTH:
+        raise QueryError(f"selection has {len(text):,} characters; at most {MAX_LENGTH:,} are accepted")
+    return _Parser(text).parse()
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.tokens: list[tuple[str, str, int]] = []
+        for m in _TOKEN.finditer(text):
+            kind = m.lastgroup or ""
+            if kind == "bad":
+                self.fail(m.start(kind), f"unexpected character {m.group(kind)!r}")
+            self.tokens.append((kind, m.group(kind), m.start(kind)))
+        self.i = 0
+        self.depth = 0
+
+    def fail(self, pos: int, message: str) -> None:
+        raise QueryError(f"selection {self.text[:200]!r}: {message} at column {pos + 1}")
+
+    def peek(self) -> tuple[str, str, int]:
+        return self.tokens[self.i] if self.i < len(self.tokens) else ("eof", "", len(self.text))
+
+    def take(self) -> tuple[str, str, int]:
+        tok = self.peek()
+        self.i += 1
+        return tok
+
+    def word(self, word: str) -> bool:
+        kind, text, _ = self.peek()
+        return kind == "name" and text.lower() == word
+
+    def parse(self) -> tuple[str, list[Any]]:
+        if not self.tokens:
+            self.fail(0, "the selection is empty")
+        sql, args = self.or_()
+        kind, text, pos = self.peek()
+        if kind != "eof":
+            self.fail(pos, f"unexpected {text!r}")
+        return sql, args
+
+    def or_(self) -> tuple[str, list[Any]]:
+        parts = [self.and_()]
+        while self.word("or"):
+            self.take()
+            parts.append(self.and_())
+        return _join(parts, "OR")
+
+    def and_(self) -> tuple[str, list[Any]]:
+        parts = [self.not_()]
+        while self.word("and"):
+            self.take()
+            parts.append(self.not_())
+        return _join(parts, "AND")
+
+    def not_(self) -> tuple[str, list[Any]]:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            self.fail(self.peek()[2], f"nested deeper than {MAX_DEPTH} levels")
+        try:
+            kind, text, pos = self.peek()
+            if self.word("not"):
+                self.take()
+                sql, args = self.not_()
+                return f"NOT coalesce({sql}, 0)", args
+            if kind == "op" and text == "(":
+                self.take()
+                inner = self.or_()
+                kind, text, pos = self.take()
+                if text != ")":
+                    self.fail(pos, f"expected ')' but found {text or 'the end'!r}")
+                return inner
+            if self.word("true") or self.word("false"):
+                self.take()
+                return ("1" if text.lower() == "true" else "0"), []
+            if kind == "name" and text.lower() == DOCUMENT_TYPE:
+                self.take()
+                return "1", []
+            if kind == "name":
+                return self.compare()
+            self.fail(pos, f"expected a condition but found {text or 'the end'!r}")
+            raise AssertionError
+        finally:
+            self.depth -= 1
+
+    def compare(self) -> tuple[str, list[Any]]:
+        kind, text, pos = self.take()
+        doctype, _, field = text.partition(".")
+        if doctype.lower() == "id":
+            self.fail(pos, f"{text!r} is not supported here (only {DOCUMENT_TYPE}.FIELD comparisons)")
+        if doctype.lower() != DOCUMENT_TYPE:
+            self.fail(pos, f"unknown document type {doctype!r}: this server has only {DOCUMENT_TYPE}")
+        if field not in SUMMARY_FIELDS:
+            self.fail(pos, f"{DOCUMENT_TYPE} has no attribute {field!r}; attributes are: {', '.join(SUMMARY_FIELDS)}")
+        okind, op, opos = self.take()
+        if okind != "op" or op not in ("==", "!=", "<", "<=", ">", ">=", "="):
+            if op == "=~":
+                self.fail(opos, "regular expressions (=~) are not supported; use = with * and ? wildcards")
+            self.fail(opos, f"expected a comparison (==, !=, <, <=, >, >=, =) after {text!r} but found {op!r}")
+        value = self.value()
+        if value is None:
+            if op not in ("==", "!="):
+                self.fail(opos, f"null can only be compared with == or !=, not {op}")
+            return f"({field} IS {'NOT ' if op == '!=' else ''}NULL)", []
+        if op == "=":
+            if not isinstance(value, str):
+                self.fail(opos, "a glob (=) needs a string")
+            return f"({field} GLOB ?)", [value.replace("[", "[[]")]  # SQLite's GLOB: * and ?, case-sensitive
+        if field in _NUMERIC and not isinstance(value, (int, float)):
+            self.fail(opos, f"{field} is a number; compare it with a number, not {value!r}")
+        if field not in _NUMERIC and not isinstance(value, str):
+            self.fail(opos, f"{field} is a string; compare it with a quoted string, not {value!r}")
+        return f"({field} {'=' if op == '==' else op} ?)", [value]
+
+    def value(self) -> Any:
+        kind, text, pos = self.take()
+        if kind == "num":
+            if any(c in text for c in ".eE"):
+                number = float(text)
+                if number in (float("inf"), float("-inf")):
+                    self.fail(pos, f"{text} is out of range")
+                return number
+            number = int(text)
+            if not -_INT64 <= number < _INT64:
+                self.fail(pos, f"{text} does not fit in 64 bits")
+            return number
+        if kind == "str":
+            quote = text[0]
+            return re.sub(r"\\(.)", r"\1", text[1:-1]) if quote == "'" else _dequote(text, self, pos)
+        if kind == "name" and text.lower() == "null":
+            return None
+        self.fail(pos, f"expected a number, a quoted string or null but found {text or 'the end'!r}")
+
+
+def _dequote(text: str, parser: _Parser, pos: int) -> str:
+    import json
+
+    try:
+        return str(json.loads(text))
+    except ValueError:
+        parser.fail(pos, f"bad string {text[:40]!r}")
+        raise AssertionError from None
+
+
+def _join(parts: list[tuple[str, list[Any]]], word: str) -> tuple[str, list[Any]]:
+    if len(parts) == 1:
+        return parts[0]
+    args: list[Any] = []
+    for _, a in parts:
+        args.extend(a)
+    return "(" + f" {word} ".join(f"coalesce({sql}, 0)" for sql, _ in parts) + ")", args
