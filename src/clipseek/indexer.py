@@ -23,7 +23,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from .collection import Collection, Document
-from .errors import ImageError
+from .errors import DiskFullError, ImageError
+from .originals import file_record, indexed_file
 from .models.encoder import Encoder
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
@@ -161,11 +162,19 @@ class Indexer:
             self._run([Path(r) for r in roots], report)
         except KeyboardInterrupt:
             report.interrupted = True
+        except DiskFullError as exc:
+            raise DiskFullError(self.collection.path, report.indexed + report.reused) from exc
+        finally:
+            try:
+                self.collection.checkpoint()  # graph snapshots, and the WAL folded into collection.sqlite
+            except OSError:
+                pass
         report.seconds = time.perf_counter() - started
         self._log_failures(report)
         return report
 
     def _run(self, roots: list[Path], report: IndexReport) -> None:
+        self.collection.add_indexed_roots(os.fsencode(os.path.realpath(r)) for r in roots)
         existing = self._existing()
         by_hash = {h: docid for docid, (_, _, h, has) in existing.items() if h and has}
         todo: list[tuple[bytes, os.stat_result]] = []
@@ -185,9 +194,12 @@ class Indexer:
         report.removed = self._remove_missing(roots, present)
 
     def _existing(self) -> dict[str, tuple[int | None, float | None, str | None, bool]]:
+        """(size, mtime, hash, has this model's vector) by docid; a document without the indexer's record of its
+        file (written by an older clipseek, or through the document API) counts as changed, so it gets one."""
         out = {}
         for doc in self.collection.iter_documents(with_vectors=True):
-            out[doc.docid] = (doc.size, doc.mtime, doc.content_hash, self.field in doc.vectors)
+            size = doc.size if indexed_file(doc.extra) is not None else None
+            out[doc.docid] = (size, doc.mtime, doc.content_hash, self.field in doc.vectors)
         return out
 
     def _remove_missing(self, roots: list[Path], present: set[str]) -> int:
@@ -290,7 +302,7 @@ class Indexer:
 
 def _document(it: _Prepared, now: float) -> Document:
     text = display_path(it.raw)
-    extra = {}
+    extra: dict[str, object] = {"file": file_record(it.raw, it.st)}
     try:
         it.raw.decode("utf-8")
     except UnicodeDecodeError:
