@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Iterator
@@ -40,6 +41,8 @@ def running_server(collection: Path, base: Path, *args: str) -> Iterator[tuple[s
             while True:
                 try:
                     urllib.request.urlopen(url + "/ApplicationStatus", timeout=1)
+                    break
+                except urllib.error.HTTPError:  # it answers (401 with --token): up
                     break
                 except OSError:
                     if time.time() > deadline or proc.poll() is not None:

@@ -19,7 +19,7 @@ def make_app(tmp_path_factory):
     base = tmp_path_factory.mktemp("fuzz")
     tiny = load_model("tiny")
     indexed_gallery(base, 20, seed=91, model=tiny)
-    return create_app(base / "c", encoders=lambda _m: tiny, default_model="tiny")
+    return create_app(base / "c", encoders=lambda _m: tiny, default_model="tiny", allow_hosts=["testserver"])
 
 
 @pytest.fixture(scope="module")

@@ -232,14 +232,19 @@ def test_document_api_errors(served):
     status, body = http(url + "/document/v1/default/music/docid/x", data=b'{"fields":{}}', method="POST",
                         headers={"Content-Type": "application/json"})
     assert status == 400 and "music" in body["message"]
-    status, body = http(url + "/document/v1/default/image_search/docid/x", method="POST",
+    as_json = {"Content-Type": "application/json"}
+    status, body = http(url + "/document/v1/default/image_search/docid/x", method="POST", headers=as_json,
                         data=json.dumps({"fields": {"tiny_image": [1, 2]}}).encode())
     assert status == 400 and "96" in body["message"]
-    status, body = http(url + "/document/v1/default/image_search/docid/x", method="POST",
+    status, body = http(url + "/document/v1/default/image_search/docid/x", method="POST", headers=as_json,
                         data=json.dumps({"fields": {"color": "red"}}).encode())
     assert status == 400 and "No field 'color'" in body["message"]
-    status, body = http(url + "/document/v1/default/image_search/docid/x", method="POST", data=b"{nope")
+    status, body = http(url + "/document/v1/default/image_search/docid/x", method="POST", data=b"{nope",
+                        headers=as_json)
     assert status == 400 and "malformed" in body["message"]
+    status, body = http(url + "/document/v1/default/image_search/docid/x", method="POST",
+                        data=json.dumps({"fields": {"image_file_name": "x.jpg"}}).encode())
+    assert status == 415 and "application/json" in body["message"]  # what a cross-site form could send
 
 
 def test_queries_are_served_while_clipseek_index_writes(tmp_path):

@@ -9,6 +9,7 @@ native app's plain-text ``input=`` is tokenized and encoded with the rank profil
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -17,7 +18,7 @@ from typing import Any, Callable, Mapping
 from .collection import DEFAULT_TARGET_HITS, MAX_HITS, MAX_OFFSET, Collection, SearchResult
 from .errors import FieldError, QueryError
 from .models.encoder import Encoder
-from .tensors import parse_tensor
+from .tensors import TENSOR_FORMS, parse_tensor
 
 MAX_INPUT_CHARS = 20_000  # CLIP reads 77 tokens; a longer text is a mistake or an attack
 _TENSOR_PARAM = re.compile(r"^(?:input\.query|ranking\.features\.query|rankfeature\.query)\((?P<name>[^)]+)\)$")
@@ -44,9 +45,9 @@ def flatten_body(body: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 def parse_timeout(text: str) -> float:
     """Vespa's timeout: a number with ks/s/ms/µs (or us); no unit or an unknown one means seconds."""
-    m = re.fullmatch(r"\s*([0-9.]+)\s*([a-zµ]*)\s*", text)
+    m = re.fullmatch(r"\s*([0-9]{1,12}(?:\.[0-9]{1,12})?)\s*([a-zµ]{0,3})\s*", text)
     if not m:
-        raise QueryError(f"timeout {text!r} is not a number with an optional unit (ms, s)")
+        raise QueryError(f"timeout {text[:40]!r} is not a number with an optional unit (ms, s)")
     scale = {"ks": 1000.0, "s": 1.0, "ms": 1e-3, "µs": 1e-6, "us": 1e-6}.get(m.group(2), 1.0)
     return float(m.group(1)) * scale
 
@@ -56,12 +57,14 @@ def _int(params: Mapping[str, str], name: str, default: int) -> int:
     if text is None or text == "":
         return default
     try:
-        value = int(float(text))
+        number = float(text)
     except ValueError:
-        raise QueryError(f"'{name}' must be a whole number, got {text!r}") from None
-    if value < 0:
-        raise QueryError(f"'{name}' must be >= 0, got {value}")
-    return value
+        raise QueryError(f"'{name}' must be a whole number, got {text[:40]!r}") from None
+    if not math.isfinite(number) or not number.is_integer():
+        raise QueryError(f"'{name}' must be a whole number, got {text[:40]!r}")
+    if number < 0:
+        raise QueryError(f"'{name}' must be >= 0, got {text[:40]}")
+    return int(min(number, 2 ** 62))
 
 
 @dataclass
@@ -95,6 +98,9 @@ class SearchRequest:
                              "(CLIP reads only the first 77 tokens)")
         if req.text is not None and not req.text.strip():
             raise QueryError("'input' is empty: give the text to search for, e.g. input=a+child+playing+football")
+        if req.tensor_format not in TENSOR_FORMS:
+            raise QueryError(f"unknown presentation.format.tensors {req.tensor_format[:40]!r}: use "
+                             f"{', '.join(TENSOR_FORMS)}")
         if req.yql is None and req.text is None:
             raise QueryError("a query needs 'yql' or 'input' (plain text)")
         return req
@@ -149,7 +155,7 @@ def _is_json(text: str) -> bool:
     try:
         json.loads(text)
         return True
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
 
 

@@ -16,6 +16,8 @@ import numpy as np
 
 from .errors import VectorError
 
+TENSOR_FORMS = ("short", "long", "short-value", "long-value", "hex", "hex-value")
+MAX_CELLS = 65_536  # no CLIP model has more dimensions; a larger cell label is a mistake or an attack
 _CELL = re.compile(r"\{\s*x\s*:\s*(\d+)\s*\}\s*:\s*([-+0-9.eE]+|nan|inf|-inf)")
 
 
@@ -25,7 +27,7 @@ def parse_tensor(value: Any, what: str = "tensor") -> np.ndarray:
         return _parse(value, what)
     except VectorError:
         raise
-    except (ValueError, TypeError, KeyError, struct.error) as exc:
+    except (ValueError, TypeError, KeyError, struct.error, OverflowError, RecursionError) as exc:
         raise VectorError(f"{what}: cannot read a dense tensor from {str(value)[:80]!r} ({exc})") from None
 
 
@@ -66,6 +68,9 @@ def _from_cells(cells: Any) -> np.ndarray:
 
 
 def _dense(cells: dict[int, float]) -> np.ndarray:
+    bad = [i for i in cells if not 0 <= i < MAX_CELLS]
+    if bad:
+        raise VectorError(f"tensor cell label x={bad[0]} is outside 0..{MAX_CELLS - 1}")
     out = np.zeros(max(cells) + 1 if cells else 0, dtype=np.float32)
     for i, v in cells.items():
         out[i] = v

@@ -72,6 +72,10 @@ _TOKEN = re.compile(
     r"""\s*(?:(?P<num>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)|(?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')"""
     r"""|(?P<op><=|>=|!=|[=<>(){}\[\],:;*!])|(?P<name>[A-Za-z_][A-Za-z0-9_.\-]*))"""
 )
+_SPACE = re.compile(r"\s*")
+MAX_YQL_CHARS = 100_000
+MAX_DEPTH = 64
+_INT64 = 2 ** 63
 _NN_KEYS = {"targethits", "totaltargethits", "approximate", "hnsw.exploreadditionalhits", "label",
             "distancethreshold", "mintargethits"}
 
@@ -80,13 +84,16 @@ class _Parser:
     def __init__(self, yql: str) -> None:
         self.yql = yql
         self.tokens: list[tuple[str, str, int]] = []
-        pos = 0
-        while pos < len(yql):
-            if yql[pos:].strip() == "":
-                break
+        self.depth = 0
+        pos, end = 0, len(yql)
+        while pos < end:  # linear: each match starts where the last ended, and nothing copies the rest
             m = _TOKEN.match(yql, pos)
             if not m or m.end() == pos:
-                self.fail(pos + (len(yql[pos:]) - len(yql[pos:].lstrip())), f"unexpected character {yql[pos:].lstrip()[:1]!r}")
+                skip = _SPACE.match(yql, pos)
+                at = skip.end() if skip else pos
+                if at >= end:
+                    break
+                self.fail(at, f"unexpected character {yql[at]!r}")
             assert m is not None
             kind = m.lastgroup or ""
             self.tokens.append((kind, m.group(kind), m.start(kind)))
@@ -135,8 +142,8 @@ class _Parser:
         while self.peek()[0] == "name" and self.peek()[1].lower() in ("limit", "offset"):
             word = self.take()[1].lower()
             kind, text, pos = self.take()
-            if kind != "num" or not text.isdigit():
-                self.fail(pos, f"'{word}' needs a non-negative whole number, found {text!r}")
+            if kind != "num" or not text.isdigit() or len(text) > 18:
+                self.fail(pos, f"'{word}' needs a non-negative whole number, found {text[:30]!r}")
             if word == "limit":
                 limit = int(text)
             else:
@@ -185,7 +192,11 @@ class _Parser:
         kind, text, pos = self.peek()
         if text == "(" and kind == "op":
             self.take()
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                self.fail(pos, f"conditions are nested deeper than {MAX_DEPTH} levels")
             node = self.expr()
+            self.depth -= 1
             self.expect(")")
             return node
         if text in ("{", "[") and kind == "op":
@@ -204,7 +215,11 @@ class _Parser:
         kind, text, pos = self.peek()
         if text == "[":
             self.take()
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                self.fail(pos, f"annotations are nested deeper than {MAX_DEPTH} levels")
             inner = self.annotation()
+            self.depth -= 1
             self.expect("]")
             return inner
         self.expect("{")
@@ -227,7 +242,14 @@ class _Parser:
     def value(self) -> Any:
         kind, text, pos = self.take()
         if kind == "num":
-            return float(text) if any(c in text for c in ".eE") else int(text)
+            if any(c in text for c in ".eE"):
+                number = float(text)
+                if number in (float("inf"), float("-inf")):
+                    self.fail(pos, f"{text} is out of range")
+                return number
+            if len(text) > 20 or not -_INT64 <= int(text) < _INT64:
+                self.fail(pos, f"{text[:30]} does not fit in 64 bits")
+            return int(text)
         if kind == "str":
             return _unquote(text)
         if kind == "name" and text.lower() in ("true", "false"):
@@ -259,6 +281,11 @@ class _Parser:
         if not isinstance(explore, int) or explore < 0:
             self.fail(pos, f"hnsw.exploreAdditionalHits must be a whole number >= 0, got {explore!r}")
         threshold = lower.get("distancethreshold")
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+            self.fail(pos, f"distanceThreshold must be a number, got {threshold!r}")
+        label = lower.get("label")
+        if label is not None and not isinstance(label, str):
+            self.fail(pos, f"label must be a string, got {label!r}")
         return NearestNeighbor(fld, tensor, target, approx, explore, lower.get("label"),
                                float(threshold) if threshold is not None else None)
 
@@ -306,4 +333,7 @@ def parse(yql: str) -> Select:
     """Parse one YQL statement or raise :class:`YqlSyntaxError` naming the column."""
     if not yql or not yql.strip():
         raise YqlSyntaxError(yql or "", 0, "the query is empty")
+    if len(yql) > MAX_YQL_CHARS:
+        raise YqlSyntaxError(yql[:100], 0, f"the query has {len(yql):,} characters; at most {MAX_YQL_CHARS:,} "
+                                           "are accepted")
     return _Parser(yql).parse()

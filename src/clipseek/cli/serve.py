@@ -24,10 +24,22 @@ from .search import collection_option, collection_path
               help="Require 'Authorization: Bearer TOKEN' on every request.")
 @click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
               help="Text encoder precision for input= queries; int8 is ~3x faster (see bench/README.md).")
-@click.option("--insecure", is_flag=True, help="Allow binding to a non-loopback address without a token.")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="Also answer requests addressed to NAME (a host name or address in the Host header; repeatable; "
+                   "'*' for any). Without a token only loopback names are answered, which stops web pages from "
+                   "reading your photos through DNS rebinding.")
+@click.option("--insecure", is_flag=True,
+              help="Allow binding to a non-loopback address without a token: anyone who can reach the port can "
+                   "search, read and change the collection and see the indexed photos. Combine with --allow-host.")
 def serve_command(collection_dir: Path | None, host: str, port: int, default_model: str, token: str | None,
-                  precision: str, insecure: bool) -> None:
+                  precision: str, allow_hosts: tuple[str, ...], insecure: bool) -> None:
     """Serve Vespa's /search/ and /document/v1/ APIs over the collection.
+
+    \b
+    Safe by default on loopback: only requests addressed to 127.0.0.1,
+    localhost or [::1] are answered (add names with --allow-host), writes
+    from other web sites are refused, and only photos that `clipseek index`
+    indexed, unchanged since, are served. Off loopback, --token is required.
 
     \b
     pyvespa works unchanged (tested, sync and async); the vespa CLI
@@ -55,8 +67,11 @@ def serve_command(collection_dir: Path | None, host: str, port: int, default_mod
     path = collection_path(collection_dir)
     if not (path / "collection.sqlite").exists():
         Collection.create(path).close()
-    app = create_app(path, default_model=default_model, token=token, precision=precision)
-    count = len(app.state.shared.for_search())
+    bound = [] if host in ("0.0.0.0", "::") else [host]
+    app = create_app(path, default_model=default_model, token=token, precision=precision,
+                     allow_hosts=[*bound, *allow_hosts])
+    with app.state.shared.reading() as coll:
+        count = len(coll)
     click.echo(f"clipseek serving {path} ({count} documents) at http://{host}:{port}/", err=True)
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
-import hmac
 import json
 import threading
 import time
-import urllib.parse
 from importlib import resources
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Iterator, Sequence, TypeVar
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,15 +19,19 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .. import query as q
-from ..collection import DOCUMENT_TYPE, Collection, Document
-from ..errors import ClipseekError, CollectionLockedError, FieldError, QueryError, VectorError, YqlSyntaxError
+from ..collection import DOCUMENT_TYPE, INT64, Collection, Document, SearchResult, check_attribute, check_docid
+from ..errors import (ClipseekError, CollectionLockedError, DiskFullError, FieldError, QueryError, TooLargeError,
+                      YqlSyntaxError)
 from ..models import get_spec, load_model
 from ..models.encoder import Encoder
 from ..summaries import SUMMARY_FIELDS
-from ..tensors import parse_tensor, render_tensor
+from ..selection import compile_selection
+from ..tensors import TENSOR_FORMS, parse_tensor, render_tensor
 from . import native
+from .bodies import is_json, loads_json, read_body
+from .guard import Guard
 
-MAX_BODY = 10 * 1024 * 1024
+T = TypeVar("T")
 _ERRORS = {  # Vespa's codes and summaries (container/protect/Error.java, ErrorMessage.java)
     3: "Illegal query", 4: "Invalid query parameter", 17: "Bad request.", 18: "Internal server error.",
 }
@@ -64,35 +65,61 @@ class Encoders:
 
 class Shared:
     """The served collection: a reader for searches, a writer taken for document-API writes and released when
-    idle, so that a `clipseek index` run can write the same collection while the server keeps answering."""
+    idle, so that a `clipseek index` run can write the same collection while the server keeps answering.
+
+    Every use goes through :meth:`reading` or :meth:`writing`, which count the users of the writer: an idle
+    writer is closed only when nobody is using it (closing SQLite under a running read crashes the process)."""
 
     def __init__(self, path: Path, idle_seconds: float = 20.0) -> None:
         self.path = path
         self.idle_seconds = idle_seconds
         self._reader = Collection.open(path, readonly=True)
         self._writer: Collection | None = None
+        self._users = 0  # threads inside reading()/writing() that hold the writer
         self._last_write = 0.0
         self._lock = threading.Lock()
 
-    def for_search(self) -> Collection:
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Collection]:
+        """The collection to read: the writer while one is open (it sees its own writes first), else the reader."""
         with self._lock:
-            return self._writer or self._reader
+            coll = self._writer or self._reader
+            if coll is not self._reader:
+                self._users += 1
+        try:
+            yield coll
+        finally:
+            if coll is not self._reader:
+                with self._lock:
+                    self._users -= 1
 
-    def for_write(self) -> Collection:
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[Collection]:
+        """The writer, opened on first use; :class:`Busy` while another process holds the write lock."""
         with self._lock:
             if self._writer is None:
                 try:
                     self._writer = Collection.open(self.path)
                 except CollectionLockedError as exc:
                     raise Busy(str(exc)) from exc
-            self._last_write = time.monotonic()
-            return self._writer
+            self._users += 1
+            writer = self._writer
+        try:
+            yield writer
+        finally:
+            with self._lock:
+                self._users -= 1
+                self._last_write = time.monotonic()
 
-    def release_idle(self) -> None:
+    def release_idle(self) -> bool:
+        """Close the writer if idle and unused (so another process may write); True when it was closed."""
         with self._lock:
-            if self._writer is not None and time.monotonic() - self._last_write > self.idle_seconds:
+            if self._writer is not None and self._users == 0 \
+                    and time.monotonic() - self._last_write > self.idle_seconds:
                 self._writer.close()
                 self._writer = None
+                return True
+            return False
 
     def close(self) -> None:
         with self._lock:
@@ -102,85 +129,83 @@ class Shared:
             self._reader.close()
 
 
-class TokenAuth:
-    """Every request must carry the token: a bearer header, or ``token=`` for links (images in a page)."""
-
-    def __init__(self, app: Any, token: str) -> None:
-        self.app, self.token = app, token
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and not _public(scope["path"]):
-            request = Request(scope)
-            given = request.headers.get("authorization", "")
-            if not (hmac.compare_digest(given, f"Bearer {self.token}")
-                    or hmac.compare_digest(request.query_params.get("token", ""), self.token)):
-                response = JSON({"error": {"status": 401, "type": "Unauthorized",
-                                           "message": "this server needs a token: send 'Authorization: Bearer TOKEN'"}},
-                                status_code=401)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-def _public(path: str) -> bool:
-    """The page and its assets hold no data: served without a token (the page then sends it with every call)."""
-    return path == "/" or path.startswith("/static/")
-
-
 class Busy(ClipseekError):
     """Another process holds the write lock: answered with 503, which Vespa clients retry."""
 
 
-async def read_body(request: Request) -> bytes:
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        raise QueryError(f"request body of {len(body)} bytes is over the {MAX_BODY} byte limit")
-    if request.headers.get("content-encoding", "").lower() == "gzip":
-        try:
-            body = gzip.decompress(body)
-        except (OSError, EOFError) as exc:
-            raise QueryError(f"body says Content-Encoding: gzip but is not gzip ({exc})") from None
-    return body
+async def read(shared: Shared, fn: Callable[[Collection], T]) -> T:
+    """``fn(collection)`` in a worker thread, holding the collection for reading."""
+    def go() -> T:
+        with shared.reading() as coll:
+            return fn(coll)
+    return await asyncio.to_thread(go)
+
+
+async def write(shared: Shared, fn: Callable[[Collection], T]) -> T:
+    """``fn(writer)`` in a worker thread, holding the writer."""
+    def go() -> T:
+        with shared.writing() as coll:
+            return fn(coll)
+    return await asyncio.to_thread(go)
+
+
+def whole(params: Any, name: str, default: int, low: int, high: int) -> int:
+    """An integer request parameter within ``low..high``; anything else is a QueryError naming it."""
+    text = params.get(name)
+    if text is None or text == "":
+        return default
+    digits = text.strip()
+    if not (digits.isascii() and digits.lstrip("-").isdigit()) or len(digits) > 20:
+        raise QueryError(f"'{name}' must be a whole number, got {text[:40]!r}")
+    value = int(digits)
+    if not low <= value <= high:
+        raise QueryError(f"'{name}' must be in {low}..{high}, got {value}")
+    return value
 
 
 def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
-               default_model: str = "ViT-B/32", token: str | None = None, precision: str = "fp32") -> Starlette:
+               default_model: str = "ViT-B/32", token: str | None = None, precision: str = "fp32",
+               allow_hosts: Sequence[str] = (), idle_seconds: float = 20.0, janitor_seconds: float = 2.0) -> Starlette:
     """The app serving the collection at ``path``; ``encoders(model)`` gives the text encoder for ``input=``.
 
-    With ``token``, every route needs ``Authorization: Bearer <token>`` (or ``?token=``)."""
+    With ``token``, every route needs ``Authorization: Bearer <token>`` (or ``?token=``). Without one, only
+    requests addressed to a loopback name or one of ``allow_hosts`` ("*" for any) are answered (see
+    :mod:`clipseek.server.guard`)."""
     encoder_for = encoders or Encoders(precision=precision)
-    shared = Shared(path)
+    shared = Shared(path, idle_seconds=idle_seconds)
     source = "clipseek"
 
     async def status(_: Request) -> Response:
+        count = await read(shared, len)
         return JSON({"application": {"vespa": {"version": "clipseek"}, "meta": {"name": "clipseek"}},
-                     "documents": len(shared.for_search())})
+                     "documents": count})
 
     async def search(request: Request) -> Response:
         started = time.perf_counter()
         try:
             params: dict[str, str] = {}
-            if request.method == "POST" and request.headers.get("content-type", "").startswith("application/json"):
+            if request.method == "POST" and is_json(request):  # as Vespa: other bodies are not read
                 body = await read_body(request)
                 if body.strip():
-                    try:
-                        doc = json.loads(body)
-                    except ValueError as exc:
-                        raise QueryError(f"the JSON body is malformed: {exc}") from None
+                    doc = loads_json(body)
                     if not isinstance(doc, dict):
                         raise QueryError("the JSON body must be an object of query parameters")
                     params.update(q.flatten_body(doc))
             params.update(request.query_params)
             req = q.SearchRequest.from_params(params)
-            collection = shared.for_search()
-            result = await asyncio.to_thread(q.run, collection, req, encoder_for, default_model)
+
+            def run(coll: Collection) -> tuple[SearchResult, str]:
+                return q.run(coll, req, encoder_for, default_model), coll.namespace
+            result, namespace = await read(shared, run)
+        except TooLargeError as exc:
+            return search_error(4, str(exc), 413)
         except YqlSyntaxError as exc:
             return search_error(3, str(exc), 400)
         except ClipseekError as exc:
             return search_error(4, str(exc), 400)
         children = []
         for hit in result.hits:
-            doc_id = f"id:{hit.namespace or collection.namespace}:{DOCUMENT_TYPE}::{hit.docid}"
+            doc_id = f"id:{hit.namespace or namespace}:{DOCUMENT_TYPE}::{hit.docid}"
             fields = {"sddocname": DOCUMENT_TYPE, "documentid": doc_id, **hit.fields}
             children.append({"id": doc_id, "relevance": hit.relevance, "source": source, "fields": fields})
         root: dict[str, Any] = {
@@ -204,24 +229,18 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
         return JSON(body, status_code=status)
 
     def doc_path(request: Request) -> tuple[str, str, str]:
+        """(namespace, docid, full id): the path is percent-decoded once, by the server, and never again."""
         ns = request.path_params["namespace"]
         dtype = request.path_params["doctype"]
         if dtype != DOCUMENT_TYPE:
             raise FieldError(f"Document type {dtype} does not exist: this server has only {DOCUMENT_TYPE}")
-        raw = request.path_params.get("docid", "")
-        return ns, urllib.parse.unquote(raw), f"id:{ns}:{DOCUMENT_TYPE}::{urllib.parse.unquote(raw)}"
+        docid = request.path_params.get("docid", "")
+        if docid:
+            check_docid(docid)
+        return ns, docid, f"id:{ns}:{DOCUMENT_TYPE}::{docid}"
 
-    def to_document(collection: Collection, docid: str, fields: dict[str, Any]) -> Document:
-        doc = Document(docid)
-        for name, value in fields.items():
-            if name in SUMMARY_FIELDS:
-                setattr(doc, name, value)
-            else:
-                fname = ensure_field(collection, name)
-                doc.vectors[fname] = parse_tensor(value, f"field {name}")
-        return doc
-
-    def ensure_field(collection: Collection, name: str) -> str:
+    def vector_field(collection: Collection, name: str) -> str:
+        """The vector field ``name`` exactly (a registry model's ``<slug>_image`` is created on first use)."""
         if name in collection.fields:
             return name
         if name.endswith("_image"):
@@ -229,11 +248,21 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
                 spec = get_spec(name[: -len("_image")])
             except ClipseekError:
                 spec = None
-            if spec is not None:
+            if spec is not None and spec.field_name == name:
                 collection.add_field(name, spec.name, spec.embed_dim)
                 return name
         valid = ", ".join([*SUMMARY_FIELDS, *sorted(collection.fields)])
         raise FieldError(f"No field '{name}' in the structure of type '{DOCUMENT_TYPE}'; fields are: {valid}")
+
+    def to_document(collection: Collection, docid: str, fields: dict[str, Any]) -> Document:
+        doc = Document(docid)
+        for name, value in fields.items():
+            if name in SUMMARY_FIELDS:
+                setattr(doc, name, check_attribute(name, value, docid))
+            else:
+                fname = vector_field(collection, name)
+                doc.vectors[fname] = parse_tensor(value, f"field {name}")
+        return doc
 
     def render_doc(doc: Document, ns: str, form: str, field_set: str | None = None) -> dict[str, Any]:
         """A document as the document API returns it; ``ns`` names it unless it was fed under its own."""
@@ -245,6 +274,12 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
             fields[name] = render_tensor(vec, form)
         return {"id": f"id:{ns}:{DOCUMENT_TYPE}::{doc.docid}", "fields": fields}
 
+    def tensor_form(request: Request) -> str:
+        form = request.query_params.get("format.tensors", "short")
+        if form not in TENSOR_FORMS:
+            raise QueryError(f"unknown format.tensors {form[:40]!r}: use {', '.join(TENSOR_FORMS)}")
+        return form
+
     async def document(request: Request) -> Response:
         path = request.url.path
         try:
@@ -253,46 +288,51 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
                 if request.method in ("GET", "DELETE"):
                     return await visit(request)
                 raise QueryError("empty document id")
-            form = request.query_params.get("format.tensors", "short")
+            form = tensor_form(request)
             if request.method == "GET":
-                doc = await asyncio.to_thread(shared.for_search().get, docid)
+                doc = await read(shared, lambda c: c.get(docid))
                 if doc is None:
                     return JSON({"pathId": path, "id": full_id}, status_code=404)
                 doc.namespace = None  # a get answers with the id it was asked for
                 return JSON({"pathId": path, **render_doc(doc, ns, form)})
-            collection = shared.for_write()
             if request.method == "DELETE":
-                await asyncio.to_thread(collection.remove, docid)
+                await write(shared, lambda c: c.remove(docid))
                 return JSON({"pathId": path, "id": full_id})
-            body = await read_body(request)
-            try:
-                payload = json.loads(body or b"{}")
-            except ValueError as exc:
-                raise QueryError(f"the JSON body is malformed: {exc}") from None
+            if not is_json(request):
+                return doc_error(path, "a document put or update needs 'Content-Type: application/json'", 415)
+            payload = loads_json(await read_body(request) or b"{}")
             fields = payload.get("fields", {}) if isinstance(payload, dict) else None
             if not isinstance(fields, dict):
                 raise QueryError("the body must be a JSON object with a 'fields' object")
             if request.method == "POST":
-                doc = to_document(collection, docid, fields)
-                doc.namespace = ns
-                await asyncio.to_thread(collection.put, doc)
+                def put(coll: Collection) -> None:
+                    doc = to_document(coll, docid, fields)
+                    doc.namespace = ns
+                    coll.put(doc)
+                await write(shared, put)
                 return JSON({"pathId": path, "id": full_id})
             create = request.query_params.get("create", "false").lower() == "true"
-            attributes, vectors = {}, {}
-            for name, op in fields.items():
-                if not isinstance(op, dict) or set(op) != {"assign"}:
-                    raise QueryError(f"field {name}: only {{\"assign\": value}} updates are supported")
-                if name in SUMMARY_FIELDS:
-                    attributes[name] = op["assign"]
-                else:
-                    fname = ensure_field(collection, name)
-                    vectors[fname] = parse_tensor(op["assign"], f"field {name}")
-            await asyncio.to_thread(collection.update, docid, attributes=attributes, vectors=vectors, create=create,
-                                    namespace=ns)
+
+            def update(coll: Collection) -> None:
+                attributes, vectors = {}, {}
+                for name, op in fields.items():
+                    if not isinstance(op, dict) or set(op) != {"assign"}:
+                        raise QueryError(f"field {name}: only {{\"assign\": value}} updates are supported")
+                    if name in SUMMARY_FIELDS:
+                        attributes[name] = check_attribute(name, op["assign"], docid)
+                    else:
+                        fname = vector_field(coll, name)
+                        vectors[fname] = parse_tensor(op["assign"], f"field {name}")
+                coll.update(docid, attributes=attributes, vectors=vectors, create=create, namespace=ns)
+            await write(shared, update)
             return JSON({"pathId": path, "id": full_id})
         except Busy as exc:
             return doc_error(path, str(exc), 503)
-        except (FieldError, QueryError, VectorError) as exc:
+        except TooLargeError as exc:
+            return doc_error(path, str(exc), 413)
+        except DiskFullError as exc:
+            return doc_error(path, str(exc), 507)
+        except QueryError as exc:
             return doc_error(path, str(exc), 400)
 
     async def visit_all(request: Request) -> Response:
@@ -306,39 +346,45 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
             return doc_error(path, message, 400)
         if request.query_params.get("bucketSpace", "default") == "global":  # documents live in 'default'
             return JSON({"pathId": path, "documents": [], "documentCount": 0})
-        return await visit(request, shared.for_search().namespace)
+        return await visit(request, await read(shared, lambda c: c.namespace))
 
     async def visit(request: Request, namespace: str | None = None) -> Response:
-        """Visit (or delete) in id order: ``/document/v1/<ns>/<type>/docid/`` the documents of that namespace, as
-        Vespa does; the cluster-wide visit (``namespace`` given: the collection's, for ids) every namespace's."""
+        """Visit (or delete) in id order the documents ``selection`` matches: ``/document/v1/<ns>/<type>/docid/``
+        those of that namespace, as Vespa does; the cluster-wide visit (``namespace`` given: the collection's,
+        for ids) every namespace's. A delete needs a ``selection`` and a ``cluster``, as in Vespa."""
         path = request.url.path
+        params = request.query_params
         try:
             ns = namespace or doc_path(request)[0]
             scoped = namespace is None
-            cont = request.query_params.get("continuation")
-            start = int(cont) if cont and cont.isdigit() else 0
-            wanted = min(max(int(request.query_params.get("wantedDocumentCount", "100") or 100), 1), 1000)
-            form = request.query_params.get("format.tensors", "short")
-            slices = int(request.query_params.get("slices", "1") or 1)
-            slice_id = int(request.query_params.get("sliceId", "0") or 0)
-            if slices < 1 or not 0 <= slice_id < slices:
-                raise QueryError(f"sliceId must be in 0..slices-1 and slices >= 1, got sliceId={slice_id} "
-                                 f"slices={slices}")
-        except (ValueError, FieldError, QueryError) as exc:
+            start = whole(params, "continuation", 0, 0, INT64 - 1)
+            wanted = whole(params, "wantedDocumentCount", 100, 1, 1 << 62)
+            wanted = min(wanted, 1000)
+            form = tensor_form(request)
+            slices = whole(params, "slices", 1, 1, 1 << 62)
+            slice_id = whole(params, "sliceId", 0, 0, slices - 1)
+            selection = params.get("selection")
+            if selection is not None:
+                compile_selection(selection)  # a bad selection is a 400 before anything is visited
+            if request.method == "DELETE":
+                if not selection:
+                    raise QueryError("a delete of many documents needs a 'selection' (e.g. selection=true for all)")
+                if not params.get("cluster"):
+                    raise QueryError(f"a delete of many documents needs a 'cluster' ({DOCUMENT_TYPE})")
+            field_set = params.get("fieldSet")
+
+            def page(coll: Collection) -> tuple[list[Document], int | None]:
+                only = None if ns == coll.namespace else ns  # stored as NULL: the collection's own namespace
+                return coll.visit(continuation=start, count=wanted, only_namespace=scoped, namespace=only,
+                                  slices=slices, slice_id=slice_id, selection=selection,
+                                  with_vectors=request.method == "GET" and field_set != "[id]")
+            docs, nxt = await read(shared, page)
+            if request.method == "DELETE":
+                await write(shared, lambda c: [c.remove(d.docid) for d in docs])
+        except Busy as exc:
+            return doc_error(path, str(exc), 503)
+        except QueryError as exc:
             return doc_error(path, str(exc), 400)
-        reader = shared.for_search()
-        only = None if ns == reader.namespace else ns  # stored as NULL: the collection's own namespace
-        docs, nxt = await asyncio.to_thread(lambda: reader.visit(continuation=start, count=wanted, only_namespace=scoped,
-                                                                 namespace=only, slices=slices, slice_id=slice_id))
-        if request.method == "DELETE":
-            try:
-                writer = shared.for_write()
-            except Busy as exc:
-                return doc_error(path, str(exc), 503)
-            for d in docs:
-                await asyncio.to_thread(writer.remove, d.docid)
-            nxt = start if nxt is not None else None  # removed rows no longer precede the cursor
-        field_set = request.query_params.get("fieldSet")
         body: dict[str, Any] = {"pathId": path, "documents": [render_doc(d, ns, form, field_set) for d in docs]
                                 if request.method == "GET" else [], "documentCount": len(docs)}
         if nxt is not None:
@@ -359,6 +405,9 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
         Route("/document/v1/", visit_all, methods=["GET", "DELETE"]),
     ]
 
+    async def too_large(request: Request, exc: Exception) -> Response:
+        return JSON({"error": {"status": 413, "type": "TooLargeError", "message": str(exc)}}, status_code=413)
+
     async def fallback(request: Request, exc: Exception) -> Response:
         return search_error(18, f"internal error: {type(exc).__name__}: {exc}", 500)
 
@@ -366,7 +415,7 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         async def janitor() -> None:
             while True:
-                await asyncio.sleep(2)
+                await asyncio.sleep(janitor_seconds)
                 await asyncio.to_thread(shared.release_idle)
         task = asyncio.create_task(janitor())
         try:
@@ -375,7 +424,7 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
             task.cancel()
             shared.close()
 
-    routes += native.routes(shared.for_search, encoder_for, default_model)
+    routes += native.routes(shared, encoder_for, default_model)
     web = Path(str(resources.files("clipseek").joinpath("web")))
 
     async def page(request: Request) -> Response:
@@ -390,9 +439,8 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
         ]})
 
     routes += [Route("/", page), Mount("/static", StaticFiles(directory=web), name="static")]
-    middleware = [Middleware(TokenAuth, token=token)] if token else []
-    app = Starlette(routes=routes, exception_handlers={Exception: fallback}, lifespan=lifespan,
-                    middleware=middleware)
+    middleware = [Middleware(Guard, token=token, allow_hosts=allow_hosts, max_body=native.MAX_UPLOAD + 1024 * 1024)]
+    app = Starlette(routes=routes, exception_handlers={TooLargeError: too_large, Exception: fallback},
+                    lifespan=lifespan, middleware=middleware)
     app.state.shared = shared
     return app
-

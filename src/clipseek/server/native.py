@@ -1,29 +1,36 @@
 """The native JSON API (for the page and scripts): text, image upload, more-like-this and weighted queries,
-filters, thumbnails and originals — of indexed documents only. Errors: ``{"error": {"status", "type", "message"}}``.
+filters, thumbnails and originals — of files ``clipseek index`` indexed, still as indexed, under the folders it
+indexed (:mod:`clipseek.originals`). Errors: ``{"error": {"status", "type", "message"}}``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
+import contextlib
+import hashlib
 import io
 import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 from PIL import Image
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..collection import MAX_HITS, Collection, Filter
-from ..errors import ClipseekError, FieldError, QueryError
+from ..errors import ClipseekError, FieldError, QueryError, TooLargeError
 from ..models.encoder import Encoder, l2_normalize
+from ..originals import open_original
 from ..transforms import open_image
+from .bodies import is_json, loads_json, read_body
 from .openapi import SPEC
+
+if TYPE_CHECKING:
+    from .app import Shared
 
 MAX_UPLOAD = 20 * 1024 * 1024
 THUMB_SIZES = (128, 256, 512)
@@ -56,9 +63,10 @@ def _text(value: Any, name: str) -> str | None:
     raise QueryError(f"{name} must be a string, got {value!r}")
 
 
-def routes(collection_for: Callable[[], Collection], encoder_for: Callable[[str], Encoder],
-           default_model: str) -> list[Route]:
+def routes(shared: Shared, encoder_for: Callable[[str], Encoder], default_model: str) -> list[Route]:
     """Routes under ``/api``."""
+
+    collection_for = shared.reading
 
     def pick_field(coll: Collection, model: str | None) -> tuple[str, str]:
         fields = coll.fields
@@ -139,6 +147,8 @@ def routes(collection_for: Callable[[], Collection], encoder_for: Callable[[str]
     async def guarded(fn: Callable[[], Any]) -> Response:
         try:
             return JSONResponse(await asyncio.to_thread(fn))
+        except TooLargeError as exc:
+            return error(413, exc)
         except QueryError as exc:
             return error(400, exc)
         except ClipseekError as exc:
@@ -148,8 +158,6 @@ def routes(collection_for: Callable[[], Collection], encoder_for: Callable[[str]
         params = dict(request.query_params)
 
         def go() -> dict[str, Any]:
-            coll = collection_for()
-            field, model = pick_field(coll, _text(params.get("model"), "model"))
             terms: list[Any] = []
             if params.get("q"):
                 terms.append({"text": params["q"]})
@@ -157,7 +165,10 @@ def routes(collection_for: Callable[[], Collection], encoder_for: Callable[[str]
                 terms.append({"id": params["like"]})
             if params.get("not"):
                 terms.append({"text": params["not"], "weight": -0.5})
-            return run(coll, field, model, combine(coll, field, model, terms, []), params, params.get("q") or params.get("like"))
+            with collection_for() as coll:
+                field, model = pick_field(coll, _text(params.get("model"), "model"))
+                vector = combine(coll, field, model, terms, [])
+                return run(coll, field, model, vector, params, params.get("q") or params.get("like"))
         return await guarded(go)
 
     async def search_post(request: Request) -> Response:
@@ -167,7 +178,7 @@ def routes(collection_for: Callable[[], Collection], encoder_for: Callable[[str]
         terms: list[Any] = []
         try:
             if ctype.startswith("multipart/form-data"):
-                form = await request.form(max_part_size=MAX_UPLOAD)
+                form = await request.form(max_part_size=MAX_UPLOAD, max_files=8, max_fields=100)
                 for key, value in form.multi_items():
                     if hasattr(value, "read"):
                         uploads.append(await value.read())
@@ -177,8 +188,8 @@ def routes(collection_for: Callable[[], Collection], encoder_for: Callable[[str]
                         terms.append({"text": value, "weight": -0.5})
                     else:
                         params[key] = value
-            elif ctype.startswith("application/json"):
-                body = await request.json()
+            elif is_json(request):
+                body = loads_json(await read_body(request))
                 if not isinstance(body, dict):
                     raise QueryError("the JSON body must be an object")
                 terms = body.get("terms") or []
@@ -189,52 +200,72 @@ def routes(collection_for: Callable[[], Collection], encoder_for: Callable[[str]
                     terms.append({"text": q})
                 params.update({k: v for k, v in body.items() if k not in ("terms", "q")})
             else:
-                uploads.append(await request.body())
+                uploads.append(await read_body(request, MAX_UPLOAD))
+        except TooLargeError as exc:
+            return error(413, exc)
         except (ValueError, QueryError) as exc:
             return error(400, exc, "QueryError")
 
         def go() -> dict[str, Any]:
-            coll = collection_for()
-            field, model = pick_field(coll, _text(params.get("model"), "model"))
-            vector = combine(coll, field, model, terms, uploads)
-            return run(coll, field, model, vector, params, terms or "image upload")
+            with collection_for() as coll:
+                field, model = pick_field(coll, _text(params.get("model"), "model"))
+                vector = combine(coll, field, model, terms, uploads)
+                return run(coll, field, model, vector, params, terms or "image upload")
         return await guarded(go)
 
-    def document_path(docid: str) -> Path | None:
-        doc = collection_for().get(docid, with_vectors=False)
-        if doc is None or not doc.path:
-            return None
-        raw = doc.extra.get("path_b64")
-        path = Path(os.fsdecode(base64.b64decode(raw))) if raw else Path(doc.path)
-        return path if path.is_file() else None
+    @contextlib.contextmanager
+    def original_file(docid: str) -> Iterator[tuple[int, os.stat_result] | None]:
+        """The open file of an indexed document, checked as :mod:`clipseek.originals` says; None if not served."""
+        with collection_for() as coll:
+            doc = coll.get(docid, with_vectors=False) if _plain_id(docid) else None
+            found = open_original(doc.extra, coll.indexed_roots()) if doc is not None else None
+        try:
+            yield found
+        finally:
+            if found is not None:
+                os.close(found[0])
 
     async def original(request: Request) -> Response:
-        path = await asyncio.to_thread(document_path, request.path_params["docid"])
-        if path is None:
-            return error(404, "no indexed image with that id", "NotFound")
-        return FileResponse(path)
+        docid = request.path_params["docid"]
+
+        def opened() -> tuple[int, os.stat_result] | None:
+            with original_file(docid) as found:
+                if found is None:
+                    return None
+                return os.dup(found[0]), found[1]
+        found = await asyncio.to_thread(opened)
+        if found is None:
+            return error(404, "no indexed image with that id (or its file changed since it was indexed: "
+                              "run `clipseek index` again)", "NotFound")
+        fd, st = found
+        return StreamingResponse(_chunks(fd), media_type=_media_type(docid, request, fd),
+                                 headers={"Content-Length": str(st.st_size), "Cache-Control": "no-cache"})
 
     async def thumbnail(request: Request) -> Response:
         docid = request.path_params["docid"]
         text = request.query_params.get("size", "256")
-        size = int(text) if text.isdigit() else None
+        size = int(text) if text.isascii() and text.isdigit() and len(text) < 6 else None
         if size not in THUMB_SIZES:
             return error(400, f"size must be one of {', '.join(map(str, THUMB_SIZES))}", "QueryError")
 
         def make() -> Path | None:
-            path = document_path(docid)
-            if path is None:
-                return None
-            folder = collection_for().path / "thumbnails"
-            target = folder / f"{docid}-{size}.jpg"
-            if not target.exists() or target.stat().st_mtime < path.stat().st_mtime:
-                img, _ = open_image(path, draft_size=size)
-                img.thumbnail((size, size), Image.Resampling.LANCZOS)
-                folder.mkdir(exist_ok=True)
-                tmp = target.with_suffix(".tmp")
-                img.save(tmp, "JPEG", quality=85)
-                os.replace(tmp, target)
-            return target
+            with original_file(docid) as found:
+                if found is None:
+                    return None
+                fd, st = found
+                with collection_for() as coll:
+                    folder = coll.path / "thumbnails"
+                key = hashlib.sha256(docid.encode("utf-8")).hexdigest()[:32]
+                target = folder / f"{key}-{size}.jpg"
+                if not target.exists() or target.stat().st_mtime_ns < st.st_mtime_ns:
+                    with os.fdopen(os.dup(fd), "rb") as fh:
+                        img, _ = open_image(io.BytesIO(fh.read()), draft_size=size, name=docid)
+                    img.thumbnail((size, size), Image.Resampling.LANCZOS)
+                    folder.mkdir(exist_ok=True)
+                    tmp = target.with_suffix(f".{os.getpid()}.{id(img)}.tmp")
+                    img.save(tmp, "JPEG", quality=85)
+                    os.replace(tmp, target)
+                return target
         try:
             target = await asyncio.to_thread(make)
         except ClipseekError as exc:
@@ -244,9 +275,11 @@ def routes(collection_for: Callable[[], Collection], encoder_for: Callable[[str]
         return FileResponse(target, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
     async def info(_: Request) -> Response:
-        coll = collection_for()
-        return JSONResponse({"documents": len(coll), "default_model": default_model, "models": [
-            {"field": name, "model": f.model, "dim": f.dim} for name, f in sorted(coll.fields.items())]})
+        def describe() -> dict[str, Any]:
+            with collection_for() as coll:
+                return {"documents": len(coll), "default_model": default_model, "models": [
+                    {"field": name, "model": f.model, "dim": f.dim} for name, f in sorted(coll.fields.items())]}
+        return JSONResponse(await asyncio.to_thread(describe))
 
     async def spec(_: Request) -> Response:
         return JSONResponse(SPEC)
@@ -259,3 +292,29 @@ def routes(collection_for: Callable[[], Collection], encoder_for: Callable[[str]
         Route("/api/images/{docid}", original),
         Route("/api/thumbnails/{docid}", thumbnail),
     ]
+
+
+def _plain_id(docid: str) -> bool:
+    return 0 < len(docid) <= 1024 and "\0" not in docid
+
+
+def _chunks(fd: int, size: int = 256 * 1024) -> Iterator[bytes]:
+    """The file's bytes from an open descriptor, which is closed at the end (or when the client goes away)."""
+    try:
+        while chunk := os.read(fd, size):
+            yield chunk
+    finally:
+        os.close(fd)
+
+
+def _media_type(docid: str, request: Request, fd: int) -> str:
+    head = os.pread(fd, 16, 0)
+    for magic, kind in ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG", "image/png"), (b"GIF8", "image/gif"),
+                        (b"BM", "image/bmp"), (b"II*\x00", "image/tiff"), (b"MM\x00*", "image/tiff")):
+        if head.startswith(magic):
+            return kind
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    if head[4:8] == b"ftyp":
+        return "image/avif" if head[8:12] in (b"avif", b"avis") else "image/heic"
+    return "application/octet-stream"
