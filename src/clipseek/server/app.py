@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator, Sequence, TypeVar
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.middleware import Middleware
@@ -408,6 +409,13 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
     async def too_large(request: Request, exc: Exception) -> Response:
         return JSON({"error": {"status": 413, "type": "TooLargeError", "message": str(exc)}}, status_code=413)
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 400)
+        message = {404: f"no such path: {request.url.path[:200]}", 405: f"{request.method} is not allowed here"}.get(
+            status, str(getattr(exc, "detail", "bad request")))
+        return JSON({"error": {"status": status, "type": type(exc).__name__, "message": message}},
+                    status_code=status, headers=getattr(exc, "headers", None))
+
     async def fallback(request: Request, exc: Exception) -> Response:
         return search_error(18, f"internal error: {type(exc).__name__}: {exc}", 500)
 
@@ -440,7 +448,8 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
 
     routes += [Route("/", page), Mount("/static", StaticFiles(directory=web), name="static")]
     middleware = [Middleware(Guard, token=token, allow_hosts=allow_hosts, max_body=native.MAX_UPLOAD + 1024 * 1024)]
-    app = Starlette(routes=routes, exception_handlers={TooLargeError: too_large, Exception: fallback},
+    app = Starlette(routes=routes, exception_handlers={TooLargeError: too_large, HTTPException: http_error,
+                                                       Exception: fallback},
                     lifespan=lifespan, middleware=middleware)
     app.state.shared = shared
     return app
