@@ -26,7 +26,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from . import selection as doc_selection, store, yql
-from .errors import (CollectionLockedError, DiskFullError, FieldError, NotACollectionError, QueryError,
+from .errors import (CollectionDamagedError, CollectionLockedError, DiskFullError, FieldError, NotACollectionError, QueryError,
                      ReadOnlyError, VectorError)
 from .index import AnnIndex, HnswParams, closeness
 from .summaries import SUMMARY_FIELDS, Summaries, Summary
@@ -131,16 +131,13 @@ class _Field:
         self.slot_of_doc: dict[int, int] = {}
         self.inv_norms = np.zeros(0, dtype=np.float32)  # 1 / |row| (0 for a zero row): cosines are products
         self.ann: AnnIndex | None = None
+        self.verified = 0  # rows whose checksum was checked (and whose norms were computed) from the data
         self._live: tuple[int, int, np.ndarray | None] = (-1, -1, None)  # (version, rows, bitmap)
         self.version = 0  # bumped whenever a slot dies (doc_of_slot changes in place)
 
     @property
     def next_slot(self) -> int:
         return self.vectors.rows
-
-    def extend_norms(self) -> None:
-        if len(self.inv_norms) < self.vectors.rows:
-            self.inv_norms = np.concatenate([self.inv_norms, _inverse(self.vectors.norms(len(self.inv_norms)))])
 
     def cosines(self, q: np.ndarray, slots: np.ndarray | None = None, rows: int = 0) -> np.ndarray:
         """Cosines of ``q`` with the rows at ``slots``, or with the first ``rows`` rows (0 for zero vectors)."""
@@ -230,7 +227,13 @@ class Collection:
             if lock_fd is not None:
                 os.close(lock_fd)
             raise
-        return cls(folder, db, readonly=readonly, lock_fd=lock_fd, exact_threshold=exact_threshold)
+        try:
+            return cls(folder, db, readonly=readonly, lock_fd=lock_fd, exact_threshold=exact_threshold)
+        except BaseException:
+            db.close()
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise
 
     def close(self) -> None:
         """Snapshot HNSW graphs (so the next open needs no rebuild), checkpoint the WAL, release the write lock."""
@@ -327,14 +330,21 @@ class Collection:
         finally:
             db.execute("COMMIT")
         fields = {}
+        problems: list[str] = []
         for row in rows:
             f = _Field(self.path, FieldInfo(row["name"], row["model"], row["dim"]), row["next_slot"])
             arr = slots[f.info.name].reshape(-1, 2)
+            if len(arr) and (arr[:, 1].min() < 0 or arr[:, 1].max() >= f.next_slot):
+                problems.append(f"field {f.info.name}: documents point at slots past its {f.next_slot} rows")
+                continue
             if len(arr):
                 f.doc_of_slot[arr[:, 1]] = arr[:, 0]
                 f.slot_of_doc = dict(zip(arr[:, 0].tolist(), arr[:, 1].tolist()))
-            f.extend_norms()
             old = self._fields.get(f.info.name)
+            found = self._verify(f, old)
+            if found:
+                problems.extend(found)
+                continue
             if old is not None and old.ann is not None and not old.ann.is_view and len(old.ann) <= f.next_slot:
                 f.ann = old.ann
             else:  # the newest snapshot; a stale memory-mapped one is read in full so it can catch up
@@ -345,8 +355,34 @@ class Collection:
             if f.ann is not None:  # slots committed after the snapshot (or by another process) join the graph
                 f.ann.extend(f.vectors.array(), f.next_slot)
             fields[f.info.name] = f
+        if problems:
+            raise CollectionDamagedError(self.path, problems)
         self._fields = fields
         self._summary.reset()
+
+    def _verify(self, f: _Field, old: _Field | None) -> list[str]:
+        """Check the rows ``f`` has not verified yet (all at open; a reader's reload only the new ones) and set
+        its norms from the data; returns the problems (garbled rows that documents use, a truncated file).
+        A norm file that disagrees with the rows is derived data: corrected, on disk too when writing."""
+        start = 0
+        if old is not None and old.info == f.info and old.verified <= f.next_slot:
+            start = old.verified
+            f.inv_norms = old.inv_norms[:start]
+        try:
+            norms, bad, covered = f.vectors.verify(start)
+        except CollectionDamagedError as exc:
+            return [f"field {f.info.name}: {p}" for p in exc.problems]
+        live_bad = [int(s) for s in bad if f.doc_of_slot[s] >= 0]
+        if live_bad:
+            return [f"field {f.info.name}: {len(live_bad)} vector rows fail their checksum in "
+                    f"{f.vectors.path.name} (slots {', '.join(map(str, live_bad[:5]))}"
+                    f"{', …' if len(live_bad) > 5 else ''})"]
+        stored = f.vectors.norms(start)
+        if not self.readonly and (covered < len(norms) or not np.allclose(stored, norms, rtol=1e-5, atol=1e-7)):
+            f.vectors.rewrite_derived(start, norms)
+        f.inv_norms = np.concatenate([f.inv_norms, _inverse(norms)])
+        f.verified = f.next_slot
+        return []
 
     def _refresh(self) -> None:
         """A reader sees other processes' commits: reload when SQLite's data_version moved."""
@@ -484,6 +520,7 @@ class Collection:
                 # publish in an order where a concurrent search never sees a slot without its vector/norm
                 f.inv_norms = np.concatenate([f.inv_norms[: slots[0]], _inverse(planned_norms[fname])])
                 f.vectors.commit(int(slots[-1]) + 1)
+                f.verified = f.vectors.rows  # written here, checksummed as written
                 doc_of_slot = np.concatenate([f.doc_of_slot, np.full(len(slots), -1, np.int64)])
                 doc_of_slot[slots] = owners
                 f.doc_of_slot = doc_of_slot

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +44,17 @@ def closeness(cosine: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + angle)
 
 
-SNAPSHOT_FORMAT = "usearch-i8-ip-2"  # 1: codes usearch made from float32 (normalised, × 127)
+SNAPSHOT_FORMAT = "usearch-i8-ip-2"  # 1: codes usearch made from float32 (normalised, × 127); meta has its CRC-32
 ADD_CHUNK = 65_536  # rows coded and added at a time
+
+
+def file_crc32(path: Path) -> int:
+    """CRC-32 of a file's bytes, read in 16 MiB blocks."""
+    crc = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(16 * 1024 * 1024):
+            crc = zlib.crc32(block, crc)
+    return crc
 
 
 class AnnIndex:
@@ -124,8 +134,11 @@ class AnnIndex:
             target = folder / f"{field}.{covered}.usearch"
             meta = folder / f"{field}.{covered}.json"
             tmp = folder / f".{field}.{covered}.tmp"
-            meta.write_text(json.dumps({"format": SNAPSHOT_FORMAT, "scale": self.scale, "covered": covered}))
             self._index.save(str(tmp))
+        meta_tmp = folder / f".{field}.{covered}.json.tmp"
+        meta_tmp.write_text(json.dumps({"format": SNAPSHOT_FORMAT, "scale": self.scale, "covered": covered,
+                                        "crc32": file_crc32(tmp)}))
+        os.replace(meta_tmp, meta)
         os.replace(tmp, target)
         for old in [*folder.glob(f"{field}.*.usearch"), *folder.glob(f"{field}.*.json")]:
             if old not in (target, meta):
@@ -144,9 +157,11 @@ class AnnIndex:
             if label.isdigit() and (max_covered is None or int(label) <= max_covered):
                 snapshots.append((int(label), path))
         for covered, path in sorted(snapshots, reverse=True):
-            try:  # a snapshot of another format (older clipseek) or a torn file: try an older one, else rebuild
+            try:  # another format (older clipseek), a torn or damaged file: try an older one, else rebuild
                 meta = json.loads(path.with_suffix(".json").read_text())
                 if meta.get("format") != SNAPSHOT_FORMAT or meta.get("covered") != covered:
+                    continue
+                if meta.get("crc32") != file_crc32(path):  # usearch would crash on a damaged file: never load it
                     continue
                 index = cls(dim, params, scale=float(meta["scale"]))
                 if view:

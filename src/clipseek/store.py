@@ -4,13 +4,17 @@ Layout of a collection folder::
 
     collection.sqlite         documents, vector-field registry, (doc, field) → slot, meta  (WAL mode)
     vectors/<field>.f32       float32 rows, append-only; row = slot
-    vectors/<field>.norm      float32 L2 norm of each row (so opening never re-reads the vectors)
-    ann/<field>.<n>.usearch   HNSW snapshot covering slots < n, + <n>.json (format, int8 scale); caught up
-                              on open, rebuilt when missing or of another format
+    vectors/<field>.norm      float32 L2 norm of each row (derived; checked against the rows at open)
+    vectors/<field>.crc       uint32 CRC-32 of each row's bytes, checked at open: a garbled row is an error
+                              naming the field and slots, never a silently different ranking
+    ann/<field>.<n>.usearch   HNSW snapshot covering slots < n, + <n>.json (format, int8 scale, CRC-32 of the
+                              snapshot); caught up on open, rebuilt when missing, of another format or damaged
 
 A feed writes new vector rows first (fsync), then commits one SQLite transaction that points documents at
 them. A crash before the commit leaves only unreferenced rows past ``next_slot``, which the next write
 overwrites: the collection always opens and agrees with itself, losing at most the unacknowledged batch.
+A write first checks that the files hold every committed row: a truncated file is reported, never padded
+with zeros by the next append. ``clipseek check`` verifies all of it (:mod:`clipseek.check`).
 """
 
 from __future__ import annotations
@@ -20,12 +24,13 @@ import json
 import os
 import sqlite3
 import time
+import zlib
 from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
 
-from .errors import CollectionVersionError, NotACollectionError
+from .errors import CollectionDamagedError, CollectionVersionError, NotACollectionError
 
 DB_FILE = "collection.sqlite"
 FORMAT_VERSION = 2
@@ -206,18 +211,94 @@ class VectorFile:
     def norm_path(self) -> Path:
         return self.path.with_suffix(".norm")
 
+    @property
+    def crc_path(self) -> Path:
+        return self.path.with_suffix(".crc")
+
+    def stored_rows(self) -> int:
+        """Whole rows the vector file holds (committed or not)."""
+        try:
+            return self.path.stat().st_size // self.row_bytes
+        except FileNotFoundError:
+            return 0
+
     def write(self, first_slot: int, vectors: np.ndarray) -> np.ndarray:
-        """Write rows (and their norms) from ``first_slot`` and fsync; they count once the caller commits."""
+        """Write rows (their norms and checksums) from ``first_slot`` and fsync; they count once the caller
+        commits. Refuses when the file holds fewer than ``first_slot`` rows (it was truncated)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        have = self.stored_rows()
+        if have < first_slot:
+            raise CollectionDamagedError(self.path.parent.parent, [
+                f"{self.path.name} holds {have} rows but {first_slot} are committed (the file was truncated)"])
+        crc_have = self.crc_path.stat().st_size // 4 if self.crc_path.exists() else 0
         data = np.ascontiguousarray(vectors, dtype="<f4")
         norms: np.ndarray = np.linalg.norm(data, axis=1).astype("<f4")
-        for path, payload, width in ((self.path, data, self.row_bytes), (self.norm_path, norms, 4)):
+        crcs = self.checksums_of(data)
+        if crc_have < first_slot:  # a collection from before checksums: cover the rows before these first
+            crcs = np.concatenate([self.checksums(crc_have, first_slot), crcs])
+        for path, payload, offset in ((self.path, data, first_slot * self.row_bytes),
+                                      (self.norm_path, norms, first_slot * 4),
+                                      (self.crc_path, crcs, min(crc_have, first_slot) * 4)):
             with open(path, "r+b" if path.exists() else "w+b") as fh:
-                fh.seek(first_slot * width)
+                fh.seek(offset)
                 fh.write(payload.tobytes())
                 fh.flush()
                 os.fsync(fh.fileno())
         return norms
+
+    @staticmethod
+    def checksums_of(rows: np.ndarray) -> np.ndarray:
+        """CRC-32 of each row's little-endian float32 bytes."""
+        data = np.ascontiguousarray(rows, dtype="<f4")
+        width = data.shape[1] * 4 if data.ndim == 2 else 0
+        view = data.data.cast("B") if data.size else memoryview(b"")
+        return np.fromiter((zlib.crc32(view[i * width: (i + 1) * width]) for i in range(len(data))),
+                           dtype="<u4", count=len(data))
+
+    def checksums(self, start: int, end: int) -> np.ndarray:
+        """CRC-32 of rows ``start..end`` as the vector file holds them now."""
+        if end <= start:
+            return np.zeros(0, dtype="<u4")
+        rows = np.memmap(self.path, dtype="<f4", mode="r", offset=start * self.row_bytes, shape=(end - start, self.dim))
+        return self.checksums_of(rows)
+
+    def stored_checksums(self, start: int, end: int) -> np.ndarray:
+        """The checksums the ``.crc`` file holds for rows ``start..end`` (fewer where it ends early)."""
+        have = self.crc_path.stat().st_size // 4 if self.crc_path.exists() else 0
+        if have <= start:
+            return np.zeros(0, dtype="<u4")
+        return np.fromfile(self.crc_path, dtype="<u4", count=min(have, end) - start, offset=start * 4)
+
+    def verify(self, start: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Check committed rows ``start..rows``: (their norms computed from the data, the slots whose checksum
+        disagrees, how many of the rows had a stored checksum). Raises when the file holds too few rows."""
+        have = self.stored_rows()
+        if have < self.rows:
+            raise CollectionDamagedError(self.path.parent.parent, [
+                f"{self.path.name} holds {have} rows but {self.rows} are committed (the file was truncated)"])
+        if self.rows <= start:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64), 0
+        rows = self.array()[start: self.rows]
+        with np.errstate(over="ignore", invalid="ignore"):  # a garbled row may overflow; its checksum says so
+            norms = np.linalg.norm(rows, axis=1).astype(np.float32)
+        stored = self.stored_checksums(start, self.rows)
+        actual = self.checksums_of(rows[: len(stored)])
+        bad = np.flatnonzero(actual != stored).astype(np.int64) + start
+        return norms, bad, len(stored)
+
+    def rewrite_derived(self, start: int, norms: np.ndarray) -> None:
+        """Rewrite rows ``start..`` of the norm file, and checksums the crc file lacks, from the data (a writer's
+        repair of derived files)."""
+        have_crc = self.crc_path.stat().st_size // 4 if self.crc_path.exists() else 0
+        crcs = self.checksums(have_crc, self.rows)
+        for path, payload, offset in ((self.norm_path, norms.astype("<f4"), start * 4),
+                                      (self.crc_path, crcs, have_crc * 4)):
+            if len(payload):
+                with open(path, "r+b" if path.exists() else "w+b") as fh:
+                    fh.seek(offset)
+                    fh.write(payload.tobytes())
+                    fh.flush()
+                    os.fsync(fh.fileno())
 
     def norms(self, start: int) -> np.ndarray:
         """Norms of committed rows from ``start``: read from the norm file, computed where it falls short."""
