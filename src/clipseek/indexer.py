@@ -261,6 +261,7 @@ class Indexer:
     def _commit(self, items: list[_Prepared], by_hash: dict[str, str], report: IndexReport) -> None:
         docs: list[Document] = []
         to_embed: list[tuple[Document, np.ndarray]] = []
+        reused_count = 0
         now = time.time()
         for it in items:
             if it.error:
@@ -271,7 +272,7 @@ class Indexer:
             reused = self.collection.get(source) if source else None
             if reused is not None and self.field in reused.vectors:
                 doc.vectors = dict(reused.vectors)
-                report.reused += 1
+                reused_count += 1
             else:
                 assert it.pixels is not None
                 to_embed.append((doc, it.pixels))
@@ -284,9 +285,10 @@ class Indexer:
             vectors = self.encoder.embed_pixels(np.stack([p for _, p in to_embed]))
             for (doc, _), vec in zip(to_embed, vectors):
                 doc.vectors[self.field] = vec
-            report.indexed += len(to_embed)
         if docs:
-            self.collection.feed(docs)
+            self.collection.feed(docs)  # counted once committed: a report never claims a batch that failed
+            report.indexed += len(to_embed)
+            report.reused += reused_count
             for doc in docs:
                 if doc.content_hash:
                     by_hash.setdefault(doc.content_hash, doc.docid)
