@@ -11,10 +11,11 @@ test: $(VENV)/.installed browser
 test-all: $(VENV)/.installed browser
 	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
 
-# The page tests drive Debian's Chromium through Playwright (no browser download).
+# The page tests drive Debian's Chromium through Playwright (no browser download). Without it `make test` fails:
+# install it yourself (apt-get install chromium) where this cannot (it needs root).
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
-		|| echo "could not install chromium (needs root): the page tests will be skipped"
+		|| { echo "could not install chromium (apt-get needs root): install it, then run make test again" >&2; exit 1; }
 
 install: $(VENV)/.installed
 

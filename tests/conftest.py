@@ -1,12 +1,34 @@
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FLICKR = Path(os.environ.get("CLIPSEEK_FLICKR8K", REPO.parent / "shared" / "data" / "flickr8k"))
+#: Under CI (``.ci/run`` sets CI=true) a part the tests need fails the run instead of skipping: a skipped test
+#: proves nothing and would hide a broken install.
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def missing(what: str, install: str) -> None:
+    """A part the tests need is not here: fail under CI, skip elsewhere (module level too)."""
+    message = f"{what} is missing: {install}"
+    if IN_CI:
+        pytest.fail(f"{message} (under CI a missing part fails the run)", pytrace=False)
+    pytest.skip(message, allow_module_level=True)
+
+
+def need_module(name: str, install: str = "`make test` installs it (requirements/test.txt, the extras)") -> ModuleType:
+    """``importlib.import_module(name)``, or :func:`missing`."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing(f"the Python module {name}", install)
+        raise
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +43,7 @@ def isolated_dirs(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def flickr() -> Path:
     if not (FLICKR / "captions.txt").is_file():
-        pytest.skip(f"Flickr8k copy not found at {FLICKR} (set CLIPSEEK_FLICKR8K)")
+        missing(f"the Flickr8k copy at {FLICKR}", "set CLIPSEEK_FLICKR8K to it")
     return FLICKR
 
 

@@ -8,10 +8,11 @@ import pytest
 from clipseek.models import OnnxEncoder, get_spec, load_model
 from clipseek.models.loader import export_model
 
+from .conftest import need_module
 from .imagegen import photo_like
 
-torch = pytest.importorskip("torch")
-open_clip = pytest.importorskip("open_clip")
+torch = need_module("torch")
+open_clip = need_module("open_clip")
 pytestmark = pytest.mark.torch
 
 CAPTIONS = [
@@ -59,8 +60,18 @@ def test_early_exit_equals_full_77_token_run(exported):
     assert cut_len < 20
     cut = enc._encode_tokens(np.ascontiguousarray(tokens[:, :cut_len]))
     assert cosines(cut, full).min() >= 0.9999
-    # and the public path really cuts: tokens past the end-of-text cannot change the result
-    np.testing.assert_allclose(enc.embed_tokens(tokens), enc.embed_texts(CAPTIONS[:3]), atol=1e-6)
+    # and the public path really cuts: what reaches the ONNX session is [3, cut_len], not [3, 77]
+    session, seen = enc._text, []
+
+    class Recording:
+        def run(self, outputs, feed):
+            seen.append({name: value.shape for name, value in feed.items()})
+            return session.run(outputs, feed)
+    enc._text = Recording()
+    got = enc.embed_texts(CAPTIONS[:3])
+    enc._text = session
+    assert [list(shapes.values()) for shapes in seen] == [[(3, cut_len)]]
+    np.testing.assert_allclose(got, cut / np.linalg.norm(cut, axis=1, keepdims=True), atol=1e-6)
 
 
 def test_image_vectors_match_torch(exported, tmp_path):

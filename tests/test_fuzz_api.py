@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import os
 
+import hypothesis
 import pytest
 
-schemathesis = pytest.importorskip("schemathesis")
-import hypothesis  # noqa: E402
+from clipseek import load_model
+from clipseek.server import create_app
 
-from clipseek import load_model  # noqa: E402
-from clipseek.server import create_app  # noqa: E402
+from .conftest import indexed_gallery, need_module
 
-from .conftest import indexed_gallery  # noqa: E402
+schemathesis = need_module("schemathesis")
 
 
 def make_app(tmp_path_factory):

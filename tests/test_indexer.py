@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from click.testing import CliRunner
 from PIL import Image
 
@@ -22,6 +23,7 @@ from clipseek.cli import main
 from clipseek.collection import Collection
 from clipseek.indexer import Indexer
 
+from .conftest import need_module
 from .imagegen import png_bomb, save_exif_rotated
 
 
@@ -139,7 +141,7 @@ def test_incremental_runs(tmp_path, tiny):
 
 
 def test_second_model_adds_its_field_to_the_same_documents(tmp_path, tiny):
-    torch = pytest.importorskip("torch")
+    torch = need_module("torch")
     from clipseek.models.loader import export_model
     from clipseek.train import create_model
 
@@ -195,19 +197,17 @@ def test_killed_index_run_resumes(tmp_path):
     coll = tmp_path / "c"
     cmd = [sys.executable, "-m", "clipseek.cli", "index", str(gallery / "images"), "--collection", str(coll),
            "--model", "tiny", "--batch-size", "16"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        time.sleep(0.2)
-        if (coll / "collection.sqlite").exists():
-            with Collection.open(coll, readonly=True) as c:
-                if len(c) >= 32:
-                    break
+    env = dict(os.environ, CLIPSEEK_PROGRESS_SECONDS="0")  # a line after each committed batch
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # "indexing: 32/300 (...)": 32 committed
+        if line.startswith("indexing: ") and int(line.split()[1].split("/")[0]) >= 32:
+            break
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     with Collection.open(coll, readonly=True) as c:
         partial = len(c)
-    assert 0 < partial < 300
+    assert 32 <= partial < 300
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     assert f"{300 - partial} indexed, {partial} unchanged" in done.stdout
     with Collection.open(coll) as c:
@@ -219,13 +219,17 @@ def test_ctrl_c_exits_cleanly_with_the_summary_so_far(tmp_path):
     coll = tmp_path / "c"
     proc = subprocess.Popen([sys.executable, "-m", "clipseek.cli", "index", str(gallery / "images"), "--collection",
                              str(coll), "--model", "tiny", "--batch-size", "8"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline and not (coll / "collection.sqlite").exists():
-        time.sleep(0.1)
-    time.sleep(0.3)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, CLIPSEEK_PROGRESS_SECONDS="0"))
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:  # interrupt once the first batch is committed
+        seen.append(line)
+        if line.startswith("indexing: ") and not line.startswith("indexing: 0/"):
+            break
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
+    out = "".join(seen) + out
     assert proc.returncode == 130, out
     assert "interrupted: " in out and "Traceback" not in out
     with Collection.open(coll) as c:  # consistent, and a re-run finishes the job
@@ -235,3 +239,19 @@ def test_ctrl_c_exits_cleanly_with_the_summary_so_far(tmp_path):
     assert "0 failed" in rerun.stdout
     with Collection.open(coll) as c:
         assert len(c) == 1000
+
+
+@pytest.mark.parametrize("orientation", [6, 8, 3])
+def test_a_rotated_non_square_photo_is_stored_with_its_upright_size(tmp_path, tiny, orientation):
+    """A camera held sideways stores 100x160 pixels and says 'rotate': the document says 160x100, as shown."""
+    upright = Image.new("RGB", (160, 100), "white")
+    upright.paste((220, 30, 30), (0, 0, 50, 100))
+    folder = tmp_path / "p"
+    folder.mkdir()
+    save_exif_rotated(upright, folder / "r.jpg", orientation)
+    stored = Image.open(folder / "r.jpg").size
+    assert stored == ((100, 160) if orientation in (6, 8) else (160, 100))
+    with Collection.create(tmp_path / "c") as coll:
+        Indexer(coll, tiny).run([folder])
+        (doc,) = list(coll.iter_documents(with_vectors=False))
+    assert (doc.width, doc.height, doc.format) == (160, 100, "JPEG")

@@ -12,6 +12,7 @@ from clipseek import load_model, synth
 from clipseek.collection import Collection
 from clipseek.indexer import Indexer
 
+from .conftest import missing, need_module
 from .serving import running_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -20,16 +21,13 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--dis
          "--disable-component-update", "--disable-sync", "--disable-quic"]
 
 if not CHROMIUM:
-    if os.environ.get("CI"):
-        pytest.fail("chromium is not installed: `make test` installs it (apt-get install chromium)",
-                    pytrace=False)
-    pytest.skip("chromium not installed (apt-get install chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api")
+    missing("chromium", "`make test` installs it (apt-get install chromium)")
+sync_api = need_module("playwright.sync_api")
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    torch = pytest.importorskip("torch")
+    torch = need_module("torch")
     import dataclasses
 
     from clipseek.models.loader import export_model

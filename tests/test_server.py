@@ -16,10 +16,10 @@ import pytest
 from clipseek import load_model, synth
 from clipseek.collection import Collection
 
-from .conftest import indexed_gallery
+from .conftest import need_module, indexed_gallery
 from .serving import env_for, running_server
 
-vespa_app = pytest.importorskip("vespa.application")
+vespa_app = need_module("vespa.application")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import pytest
 
 from clipseek.tokenizer import Tokenizer, clean_text
 
-from .conftest import flickr_captions
+from .conftest import need_module, flickr_captions
 
 EDGE_CASES = [
     "", "   ", "!!!", "?!.,;:", "😀🐶 dog", "Café naïve résumé", "北京的猫 一只狗", " ".join(["word"] * 500),
@@ -52,7 +52,7 @@ def test_decode_roundtrip(tok):
 
 @pytest.mark.torch
 def test_identical_to_open_clip_on_flickr8k_and_edge_cases(tok, flickr):
-    open_clip = pytest.importorskip("open_clip")
+    open_clip = need_module("open_clip")
     reference = open_clip.get_tokenizer("ViT-B-32")
     texts = flickr_captions(flickr) + EDGE_CASES
     assert len(texts) == 40455 + len(EDGE_CASES)

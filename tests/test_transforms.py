@@ -1,14 +1,22 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
+
 from PIL import Image
 
 from clipseek import transforms as T
+from clipseek.collection import Collection
 from clipseek.errors import ImageDecodeError, ImageTooLargeError
 
+from .conftest import need_module
 from .imagegen import photo_like, png_bomb, save_exif_rotated
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -25,7 +33,7 @@ def ours(path_or_img, size=224):
 
 @pytest.fixture(scope="module")
 def reference():
-    open_clip = pytest.importorskip("open_clip")
+    open_clip = need_module("open_clip")
 
     def make(size):
         return open_clip.image_transform(size, is_train=False, mean=MEAN, std=STD, resize_mode="shortest",
@@ -152,13 +160,37 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path):
         T.load_image(small, max_pixels=9_999)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file; permission errors cannot happen")
-def test_unreadable_file(tmp_path):
-    path = tmp_path / "secret.jpg"
-    photo_like(50, 50).save(path)
-    path.chmod(0)
-    with pytest.raises(ImageDecodeError, match="permission denied"):
-        T.load_image(path)
+def test_unreadable_file_and_collection_name_the_file(tmp_path):
+    """Permission problems, as a user meets them: the image and the collection are named, no traceback. Root
+    reads any file, so as root (CI) the commands run as the unprivileged user 'nobody' (setpriv)."""
+    base = Path(tempfile.mkdtemp(prefix="clipseek-perm-"))  # outside pytest's root-only tmp folders
+    try:
+        base.chmod(0o755)
+        photos = base / "photos"
+        photos.mkdir()
+        secret = photos / "secret.jpg"
+        photo_like(50, 50).save(secret)
+        secret.chmod(0)
+        locked = base / "locked"
+        Collection.create(locked).close()
+        for path in [locked, *locked.iterdir()]:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        code = ("import sys\nfrom clipseek import transforms as T\nfrom clipseek.errors import ImageDecodeError\n"
+                "try:\n    T.load_image(sys.argv[1])\nexcept ImageDecodeError as exc:\n    print(exc)\n")
+        as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+        env = dict(os.environ, HOME=str(base), CLIPSEEK_HOME=str(base / "home"), CLIPSEEK_CACHE=str(base / "cache"))
+        decoded = subprocess.run([*as_user, sys.executable, "-c", code, str(secret)], capture_output=True,
+                                 text=True, env=env)
+        assert "secret.jpg" in decoded.stdout and "permission denied" in decoded.stdout, decoded
+        indexed = subprocess.run([*as_user, sys.executable, "-m", "clipseek.cli", "index", str(photos),
+                                  "--collection", str(locked), "--model", "tiny"], capture_output=True, text=True,
+                                 env=env)
+        assert indexed.returncode == 1 and "Traceback" not in indexed.stderr, indexed.stderr
+        assert str(locked) in indexed.stderr and "permission" in indexed.stderr.lower(), indexed.stderr
+    finally:
+        for path in base.rglob("*"):
+            path.chmod(0o700)
+        shutil.rmtree(base)
 
 
 def test_resized_size_matches_torchvision_rule():

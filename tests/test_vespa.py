@@ -19,12 +19,12 @@ from clipseek.errors import VespaDeployError
 from clipseek.vespa.deploy import deploy_package, docker_problem
 from clipseek.vespa.embedder import build_tokenizer
 
-from .conftest import flickr_captions, indexed_gallery
+from .conftest import need_module, flickr_captions, indexed_gallery
 from .serving import env_for, running_server
 from .test_tokenizer import EDGE_CASES
 from .vespa_embedder import PackageEmbedder
 
-pytest.importorskip("vespa.application")
+need_module("vespa.application")
 
 
 @pytest.fixture(scope="module")

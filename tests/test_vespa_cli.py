@@ -20,16 +20,14 @@ import pytest
 from clipseek import load_model
 from clipseek.collection import Collection
 
-from .conftest import indexed_gallery
+from .conftest import missing, indexed_gallery
 from .serving import running_server
 
 
 def _vespa_binary() -> str:
     found = shutil.which("vespa", path=str(Path(sys.executable).parent)) or shutil.which("vespa")
     if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("the vespa CLI is missing: `make test` installs it (vespacli in requirements/test.txt)")
-        pytest.skip("the vespa CLI is not installed (pip install vespacli)")
+        missing("the vespa CLI", "`make test` installs it (vespacli in requirements/test.txt)")
     return found
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Callable
@@ -10,8 +11,11 @@ from tqdm import tqdm
 
 
 def reporter(label: str, *, every: float = 5.0, stream=None) -> tuple[Callable[[int, int], None], Callable[[], None]]:  # type: ignore[no-untyped-def]
-    """(update(done, total), close()) — update may be called with the same total many times."""
+    """(update(done, total), close()) — update may be called with the same total many times. Off a terminal,
+    a line at most every ``every`` seconds (CLIPSEEK_PROGRESS_SECONDS overrides; 0: after every batch, which
+    scripts can wait on, since the indexer reports a batch once it is committed)."""
     out = stream or sys.stderr
+    every = float(os.environ.get("CLIPSEEK_PROGRESS_SECONDS", every))
     if out.isatty():
         bar: tqdm[int] | None = None
 
