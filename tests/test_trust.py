@@ -194,6 +194,7 @@ MALFORMED = [
     DOC + "x?format.tensors=bogus", DOC + "a%00b", DOC + "x" * 5000,
     "/api/thumbnails/x?size=%C2%B2", "/api/thumbnails/x?size=99999999999999999999",
     "/api/search?q=x&k=1e400", "/api/images/" + "x" * 5000, "/api/images/a%00b",
+    "/api/search?q=x&min_width=99999999999999999999999", "/api/search?q=x&min_height=-99999999999999999999999",
 ]
 
 

@@ -752,6 +752,8 @@ class Collection:
         else:
             if column in ("size", "mtime", "width", "height", "indexed_at") and not isinstance(p.value, (int, float)):
                 raise QueryError(f"{p.field} {p.op} needs a number, got {p.value!r}")
+            if isinstance(p.value, int) and not -INT64 <= p.value < INT64:
+                raise QueryError(f"{p.field} {p.op} {p.value}: the number does not fit in 64 bits")
             sql, args = f"{column} {p.op} ?", [p.value]
         return set(int(r[0]) for r in self._conn().execute(f"SELECT id FROM documents WHERE {sql}", args))
 

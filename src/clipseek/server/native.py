@@ -47,7 +47,7 @@ def _number(value: Any, name: str, kind: type = float) -> Any:
         return None
     try:
         number = kind(value) if not isinstance(value, (bool, list, dict)) else None
-        if number is not None and math.isfinite(number):
+        if number is not None and math.isfinite(number) and -2 ** 63 <= number < 2 ** 63:
             return number
     except (TypeError, ValueError, OverflowError):
         pass
