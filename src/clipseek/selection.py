@@ -19,15 +19,15 @@ naming what is not supported, never ignored.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Callable, NoReturn
 
 from .errors import QueryError
+from .lexing import Cursor
 from .summaries import SUMMARY_FIELDS
 
 DOCUMENT_TYPE = "image_search"
 MAX_LENGTH = 10_000
 MAX_DEPTH = 64
-_INT64 = 2 ** 63
 
 _TOKEN = re.compile(
     r"""\s*(?:(?P<num>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)|(?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')"""
@@ -42,32 +42,18 @@ def compile_selection(text: str) -> tuple[str, list[Any]]:
     return _Parser(text).parse()
 
 
-class _Parser:
+class _Parser(Cursor):
     def __init__(self, text: str) -> None:
-        self.text = text
-        self.tokens: list[tuple[str, str, int]] = []
+        super().__init__(text)
         for m in _TOKEN.finditer(text):
             kind = m.lastgroup or ""
             if kind == "bad":
                 self.fail(m.start(kind), f"unexpected character {m.group(kind)!r}")
             self.tokens.append((kind, m.group(kind), m.start(kind)))
-        self.i = 0
         self.depth = 0
 
-    def fail(self, pos: int, message: str) -> None:
+    def fail(self, pos: int, message: str) -> NoReturn:
         raise QueryError(f"selection {self.text[:200]!r}: {message} at column {pos + 1}")
-
-    def peek(self) -> tuple[str, str, int]:
-        return self.tokens[self.i] if self.i < len(self.tokens) else ("eof", "", len(self.text))
-
-    def take(self) -> tuple[str, str, int]:
-        tok = self.peek()
-        self.i += 1
-        return tok
-
-    def word(self, word: str) -> bool:
-        kind, text, _ = self.peek()
-        return kind == "name" and text.lower() == word
 
     def parse(self) -> tuple[str, list[Any]]:
         if not self.tokens:
@@ -79,18 +65,18 @@ class _Parser:
         return sql, args
 
     def or_(self) -> tuple[str, list[Any]]:
-        parts = [self.and_()]
-        while self.word("or"):
-            self.take()
-            parts.append(self.and_())
-        return _join(parts, "OR")
+        return self.chain("or", self.and_)
 
     def and_(self) -> tuple[str, list[Any]]:
-        parts = [self.not_()]
-        while self.word("and"):
+        return self.chain("and", self.not_)
+
+    def chain(self, word: str, operand: Callable[[], tuple[str, list[Any]]]) -> tuple[str, list[Any]]:
+        """``operand (word operand)*``, joined with the SQL ``word``."""
+        parts = [operand()]
+        while self.is_word(word):
             self.take()
-            parts.append(self.not_())
-        return _join(parts, "AND")
+            parts.append(operand())
+        return _join(parts, word.upper())
 
     def not_(self) -> tuple[str, list[Any]]:
         self.depth += 1
@@ -98,7 +84,7 @@ class _Parser:
             self.fail(self.peek()[2], f"nested deeper than {MAX_DEPTH} levels")
         try:
             kind, text, pos = self.peek()
-            if self.word("not"):
+            if self.is_word("not"):
                 self.take()
                 sql, args = self.not_()
                 return f"NOT coalesce({sql}, 0)", args
@@ -109,7 +95,7 @@ class _Parser:
                 if text != ")":
                     self.fail(pos, f"expected ')' but found {text or 'the end'!r}")
                 return inner
-            if self.word("true") or self.word("false"):
+            if self.is_word("true") or self.is_word("false"):
                 self.take()
                 return ("1" if text.lower() == "true" else "0"), []
             if kind == "name" and text.lower() == DOCUMENT_TYPE:
@@ -118,7 +104,6 @@ class _Parser:
             if kind == "name":
                 return self.compare()
             self.fail(pos, f"expected a condition but found {text or 'the end'!r}")
-            raise AssertionError
         finally:
             self.depth -= 1
 
@@ -154,15 +139,7 @@ class _Parser:
     def value(self) -> Any:
         kind, text, pos = self.take()
         if kind == "num":
-            if any(c in text for c in ".eE"):
-                number = float(text)
-                if number in (float("inf"), float("-inf")):
-                    self.fail(pos, f"{text} is out of range")
-                return number
-            number = int(text)
-            if not -_INT64 <= number < _INT64:
-                self.fail(pos, f"{text} does not fit in 64 bits")
-            return number
+            return self.number(text, pos)
         if kind == "str":
             quote = text[0]
             return re.sub(r"\\(.)", r"\1", text[1:-1]) if quote == "'" else _dequote(text, self, pos)
@@ -178,7 +155,6 @@ def _dequote(text: str, parser: _Parser, pos: int) -> str:
         return str(json.loads(text))
     except ValueError:
         parser.fail(pos, f"bad string {text[:40]!r}")
-        raise AssertionError from None
 
 
 def _join(parts: list[tuple[str, list[Any]]], word: str) -> tuple[str, list[Any]]:

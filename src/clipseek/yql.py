@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, NoReturn, Union
 
 from .errors import YqlSyntaxError
+from .lexing import Cursor
 
 
 @dataclass(frozen=True)
@@ -75,15 +76,14 @@ _TOKEN = re.compile(
 _SPACE = re.compile(r"\s*")
 MAX_YQL_CHARS = 100_000
 MAX_DEPTH = 64
-_INT64 = 2 ** 63
 _NN_KEYS = {"targethits", "totaltargethits", "approximate", "hnsw.exploreadditionalhits", "label",
             "distancethreshold", "mintargethits"}
 
 
-class _Parser:
+class _Parser(Cursor):
     def __init__(self, yql: str) -> None:
+        super().__init__(yql)
         self.yql = yql
-        self.tokens: list[tuple[str, str, int]] = []
         self.depth = 0
         pos, end = 0, len(yql)
         while pos < end:  # linear: each match starts where the last ended, and nothing copies the rest
@@ -100,20 +100,8 @@ class _Parser:
             pos = m.end()
         self.i = 0
 
-    def fail(self, pos: int, message: str) -> None:
+    def fail(self, pos: int, message: str) -> NoReturn:
         raise YqlSyntaxError(self.yql, pos, message)
-
-    def peek(self) -> tuple[str, str, int]:
-        return self.tokens[self.i] if self.i < len(self.tokens) else ("eof", "", len(self.yql))
-
-    def take(self) -> tuple[str, str, int]:
-        tok = self.peek()
-        self.i += 1
-        return tok
-
-    def is_word(self, word: str) -> bool:
-        kind, text, _ = self.peek()
-        return kind == "name" and text.lower() == word
 
     def expect_word(self, word: str) -> None:
         kind, text, pos = self.take()
@@ -242,14 +230,7 @@ class _Parser:
     def value(self) -> Any:
         kind, text, pos = self.take()
         if kind == "num":
-            if any(c in text for c in ".eE"):
-                number = float(text)
-                if number in (float("inf"), float("-inf")):
-                    self.fail(pos, f"{text} is out of range")
-                return number
-            if len(text) > 20 or not -_INT64 <= int(text) < _INT64:
-                self.fail(pos, f"{text[:30]} does not fit in 64 bits")
-            return int(text)
+            return self.number(text, pos)
         if kind == "str":
             return _unquote(text)
         if kind == "name" and text.lower() in ("true", "false"):
@@ -306,7 +287,6 @@ class _Parser:
         if kind == "op" and text in ("=", "<", ">", "<=", ">="):
             return Predicate(fld, text, self.value())
         self.fail(pos, f"expected an operator (=, <, >, <=, >=, contains) after {fld!r} but found {text!r}")
-        raise AssertionError
 
     def string_value(self) -> str:
         kind, text, pos = self.take()
