@@ -84,7 +84,8 @@ class Guard:
                                    "refused: this server takes writes from its own page and from API clients only")
         if self.token is not None and not _public(scope["path"]):
             given = headers.get(b"authorization", b"")
-            query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            # percent-decoded byte for byte (Latin-1 maps each to one character), so a UTF-8 token matches as bytes
+            query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"), encoding="latin-1")
             param = query.get("token", [""])[0].encode("latin-1")
             if not (hmac.compare_digest(given, b"Bearer " + self.token) or hmac.compare_digest(param, self.token)):
                 return _reply(401, "this server needs a token: send 'Authorization: Bearer TOKEN'")
