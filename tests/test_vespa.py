@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from clipseek.errors import VespaDeployError
 from clipseek.vespa.deploy import deploy_package, docker_problem
 from clipseek.vespa.embedder import build_tokenizer
 
-from .conftest import need_module, flickr_captions, indexed_gallery
+from .conftest import flickr_captions, indexed_gallery, missing, need_module
 from .serving import env_for, running_server
 from .test_tokenizer import EDGE_CASES
 from .vespa_embedder import PackageEmbedder
@@ -51,7 +53,7 @@ def test_export_writes_the_seed_schema(source, tmp_path):
     assert "distance-metric: angular" in field and "indexing: attribute | index" in field
     assert "max-links-per-node: 16" in field and "neighbors-to-explore-at-insert: 500" in field
     profile = re.search(r"rank-profile tiny_similarity inherits default \{(.*?)\n    \}", sd, re.S).group(1)
-    assert "query(tiny_text) tensor<float>(x[96])" in profile and "expression: closeness(tiny_image)" in profile
+    assert "query(tiny_text) tensor<float>(x[96])" in profile and "expression: closeness(field, tiny_image)" in profile
     assert sd.count("{") == sd.count("}")
     services = (tmp_path / "app" / "services.xml").read_text()
     import xml.etree.ElementTree as ET
@@ -157,3 +159,40 @@ def test_feed_keeps_each_documents_namespace(tmp_path):
         assert result.returncode == 0 and "2 fed, 0 failed" in result.stdout, result.stdout + result.stderr
     with Collection.open(tmp_path / "b", readonly=True) as b:
         assert b.get("mine").namespace is None and b.get("theirs").namespace == "photos"
+
+
+OLD_TOKENIZERS = "0.19.1"  # what Vespa bundled (through DJL) until 8.466.24
+ENCODE_ALL = """
+import json, sys
+import tokenizers
+from tokenizers import Tokenizer
+tk = Tokenizer.from_file(sys.argv[1])
+captions = json.load(open(sys.argv[2]))
+print(json.dumps({"version": tokenizers.__version__, "ids": [e.ids for e in tk.encode_batch(captions)]}))
+"""
+
+
+def test_the_tokenizer_file_loads_in_every_vespa_8s_tokenizers_with_the_same_ids(package, flickr, tmp_path):
+    """Merges written as "a b" strings: tokenizers 0.19.1 (Vespa before 8.466.24) and the current release read
+    the file and give the same ids on all 40,455 Flickr8k captions."""
+    from tokenizers import Tokenizer
+
+    path = package / "models" / "clip-bpe-tokenizer.json"
+    merges = json.loads(path.read_text())["model"]["merges"]
+    assert merges and all(isinstance(m, str) and m.count(" ") == 1 for m in merges)
+    target = tmp_path / "old"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--only-binary=:all:",
+                          "--target", str(target), f"tokenizers=={OLD_TOKENIZERS}"], capture_output=True, text=True)
+    if pip.returncode != 0:
+        missing(f"tokenizers {OLD_TOKENIZERS} (a throw-away install from PyPI)", pip.stderr[-300:])
+    captions = flickr_captions(flickr)
+    assert len(captions) == 40_455
+    (tmp_path / "captions.json").write_text(json.dumps(captions))
+    env = dict(os.environ, PYTHONPATH=str(target))
+    old = subprocess.run([sys.executable, "-c", ENCODE_ALL, str(path), str(tmp_path / "captions.json")], env=env,
+                         capture_output=True, text=True)
+    assert old.returncode == 0, old.stderr[-2000:]
+    old_out = json.loads(old.stdout)
+    assert old_out["version"] == OLD_TOKENIZERS
+    current = [e.ids for e in Tokenizer.from_file(str(path)).encode_batch(captions)]
+    assert old_out["ids"] == current

@@ -20,6 +20,8 @@ captions does).
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,5 +136,22 @@ def write_tokenizer(package: Path, context_length: int = 77) -> Path:
     """Write ``models/clip-bpe-tokenizer.json``, the one tokenizer file every CLIP embedder of the package reads."""
     path = package / "models" / TOKENIZER_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(build_tokenizer(context_length).to_str(pretty=True), encoding="utf-8")
+    path.write_text(tokenizer_json(build_tokenizer(context_length)), encoding="utf-8")
     return path
+
+
+def tokenizer_json(tokenizer: Any) -> str:
+    """The tokenizer file in the form every Vespa 8 reads: BPE merges as ``"a b"`` strings.
+
+    tokenizers >= 0.20 writes merges as pairs (``[["i", "n"], ...]``), which the tokenizers 0.19.1 that Vespa
+    bundled (through DJL) until 8.466.24 cannot read, so the container would not start ("data did not match any
+    variant of untagged enum ModelWrapper"). Strings load in 0.15 through 0.23 with the same ids: no CLIP merge
+    token contains a space (checked here)."""
+    doc = json.loads(tokenizer.to_str())
+    merges = doc["model"]["merges"]
+    for i, merge in enumerate(merges):
+        if isinstance(merge, list):
+            if any(" " in part for part in merge):
+                raise ValueError(f"merge {merge!r} holds a space and cannot be written as one string")
+            merges[i] = " ".join(merge)
+    return json.dumps(doc, ensure_ascii=False, indent=1) + "\n"

@@ -51,7 +51,7 @@ def schema_text(coll: Collection) -> str:
         lines += [
             f"    rank-profile {slug}_similarity inherits default {{",
             "        inputs {", f"            query({slug}_text) tensor<float>(x[{info.dim}])", "        }",
-            "        first-phase {", f"            expression: closeness({name})", "        }",
+            "        first-phase {", f"            expression: closeness(field, {name})", "        }",
             "    }",
         ]
     lines.append("}")
