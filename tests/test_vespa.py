@@ -59,8 +59,47 @@ def test_export_writes_the_seed_schema(source, tmp_path):
     import xml.etree.ElementTree as ET
     root = ET.fromstring(services)
     assert root.find("container/search") is not None and root.find("container/document-api") is not None
-    assert root.find("content/min-redundancy").text == "2" and root.find("content/nodes").get("count") == "2"
+    assert root.find("content/min-redundancy").text == "2"
     assert root.find("content/documents/document").get("type") == "image_search"
+    # two self-hosted nodes: named hosts, not a count (which self-hosted Vespa reads as one node)
+    assert [(n.get("hostalias"), n.get("distribution-key")) for n in root.findall("content/nodes/node")] == [
+        ("node0", "0"), ("node1", "1")]
+    assert root.find("content/nodes").get("count") is None
+    hosts = ET.parse(tmp_path / "app" / "hosts.xml").getroot()
+    assert [(h.get("name"), h.find("alias").text) for h in hosts.findall("host")] == [
+        ("node0.example.internal", "node0"), ("node1.example.internal", "node1")]
+    assert not (tmp_path / "app" / "validation-overrides.xml").exists()
+
+
+def test_export_for_vespa_cloud_and_for_named_hosts(source, tmp_path):
+    import datetime
+    import xml.etree.ElementTree as ET
+
+    def export(name, *args):
+        return CliRunner().invoke(main, ["vespa", "export", str(tmp_path / name), "--collection", str(source),
+                                         "--no-embedders", *args])
+    result = export("cloud", "--nodes", "3", "--cloud", "--validation-override", "redundancy-one")
+    assert result.exit_code == 0, result.output
+    root = ET.parse(tmp_path / "cloud" / "services.xml").getroot()
+    assert root.find("content/nodes").get("count") == "3" and root.find("container/nodes").get("count") == "3"
+    assert root.find("admin") is None and not (tmp_path / "cloud" / "hosts.xml").exists()
+    overrides = ET.parse(tmp_path / "cloud" / "validation-overrides.xml").getroot()
+    (allow,) = overrides.findall("allow")
+    until = datetime.date.fromisoformat(allow.get("until"))
+    assert allow.text == "redundancy-one" and 0 < (until - datetime.date.today()).days <= 30
+    (tmp_path / "hosts.txt").write_text("a.example.com\nb.example.com\n\nc.example.com\n")
+    result = export("named", "--nodes", "3", "--redundancy", "2", "--hosts", str(tmp_path / "hosts.txt"))
+    assert result.exit_code == 0, result.output
+    root = ET.parse(tmp_path / "named" / "services.xml").getroot()
+    assert [n.get("hostalias") for n in root.findall("container/nodes/node")] == ["node0", "node1", "node2"]
+    assert [c.get("hostalias") for c in root.findall("admin/configservers/configserver")] == ["node0", "node1", "node2"]
+    hosts = ET.parse(tmp_path / "named" / "hosts.xml").getroot()
+    assert [h.get("name") for h in hosts.findall("host")] == ["a.example.com", "b.example.com", "c.example.com"]
+    result = export("wrong", "--nodes", "2", "--hosts", str(tmp_path / "hosts.txt"))
+    assert result.exit_code == 1 and "names 3 machines but the cluster has 2" in result.output
+    result = export("one", "--nodes", "1")
+    root = ET.parse(tmp_path / "one" / "services.xml").getroot()
+    assert root.find("content/nodes").get("count") == "1" and not (tmp_path / "one" / "hosts.xml").exists()
 
 
 def test_feed_copies_collection_a_into_served_collection_b(source, tmp_path):

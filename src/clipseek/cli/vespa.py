@@ -17,11 +17,23 @@ def vespa_group() -> None:
 @vespa_group.command("export")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @collection_option
-@click.option("--nodes", default=1, show_default=True, help="Container and content nodes.")
-@click.option("--redundancy", default=1, show_default=True, help="Copies of each document in the content cluster.")
+@click.option("--nodes", default=1, show_default=True, type=click.IntRange(1),
+              help="Container and content nodes.")
+@click.option("--redundancy", default=1, show_default=True, type=click.IntRange(1),
+              help="Copies of each document in the content cluster.")
 @click.option("--embedders/--no-embedders", default=True, show_default=True,
               help="Include each model's text tower so Vespa embeds `input=` text itself.")
-def export_command(out: Path, collection_dir: Path | None, nodes: int, redundancy: int, embedders: bool) -> None:
+@click.option("--cloud", is_flag=True,
+              help="For Vespa Cloud: node counts (<nodes count=N/>), no hosts.xml. Without it, several nodes are "
+                   "written for a self-hosted cluster: hosts.xml and one <node hostalias=...> each.")
+@click.option("--hosts", "hosts_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Self-hosted: a file with one host name per content node (node0 first); without it hosts.xml "
+                   "holds placeholders (nodeN.example.internal) to replace.")
+@click.option("--validation-override", "overrides", multiple=True, metavar="ID",
+              help="Write validation-overrides.xml allowing ID for 29 days (e.g. redundancy-one for Vespa Cloud "
+                   "production with one node); repeatable.")
+def export_command(out: Path, collection_dir: Path | None, nodes: int, redundancy: int, embedders: bool, cloud: bool,
+                   hosts_file: Path | None, overrides: tuple[str, ...]) -> None:
     """Write a Vespa application package for the collection to OUT.
 
     \b
@@ -32,6 +44,7 @@ def export_command(out: Path, collection_dir: Path | None, nodes: int, redundanc
                                  hugging-face-embedder per model) + content
     models/                      text towers (ONNX) + CLIP tokenizer.json
     search/query-profiles/       input=<text> -> embed(<slug>, @input)
+    hosts.xml                    self-hosted with several nodes: their machines
 
     Then: `clipseek vespa deploy OUT` (Docker or Vespa Cloud) or `vespa deploy OUT`,
     and `clipseek vespa feed --url ...`.
@@ -39,8 +52,12 @@ def export_command(out: Path, collection_dir: Path | None, nodes: int, redundanc
     from ..collection import Collection
     from ..vespa import export_package
 
+    hosts = None
+    if hosts_file is not None:
+        hosts = [line.strip() for line in hosts_file.read_text().splitlines() if line.strip()]
     with Collection.open(collection_path(collection_dir), readonly=True) as coll:
-        written = export_package(coll, out, nodes=nodes, redundancy=redundancy, embedders=embedders,
+        written = export_package(coll, out, nodes=nodes, redundancy=redundancy, embedders=embedders, cloud=cloud,
+                                 hosts=hosts, validation_overrides=list(overrides) or None,
                                  progress=lambda msg: click.echo(msg, err=True))
     for path in written:
         click.echo(str(path))

@@ -15,6 +15,7 @@ documentation:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Callable
 from xml.sax.saxutils import escape
@@ -84,23 +85,68 @@ def embedder_xml(emb: Embedder) -> str:
 """
 
 
-def services_text(nodes: int = 1, redundancy: int = 1, embedders: list[Embedder] | None = None) -> str:
+def services_text(nodes: int = 1, redundancy: int = 1, embedders: list[Embedder] | None = None, *,
+                  cloud: bool = False) -> str:
+    """``services.xml``. On Vespa Cloud (``cloud``) and for one self-hosted node, node counts; for several
+    self-hosted nodes, one ``<node hostalias=…>`` each (``<nodes count="3"/>`` would be read there as a
+    single-node cluster), with the aliases of :func:`hosts_text`, as Vespa's multinode sample does."""
     components = "".join(embedder_xml(e) for e in embedders or [])
+    content_nodes = max(nodes, redundancy)
+    admin = ""
+    if cloud or content_nodes == 1:
+        container_nodes = f'        <nodes count="{nodes}"/>\n'
+        content = f'        <nodes count="{content_nodes}"/>\n'
+    else:
+        aliases = [f"node{i}" for i in range(content_nodes)]
+        config = aliases[:3] if len(aliases) >= 3 else aliases[:1]  # an odd number of config servers
+        admin = ("    <admin version=\"2.0\">\n        <adminserver hostalias=\"node0\"/>\n        <configservers>\n"
+                 + "".join(f'            <configserver hostalias="{a}"/>\n' for a in config)
+                 + "        </configservers>\n        <cluster-controllers>\n"
+                 + "".join(f'            <cluster-controller hostalias="{a}"/>\n' for a in config)
+                 + "        </cluster-controllers>\n    </admin>\n")
+        container_nodes = ("        <nodes>\n" + "".join(f'            <node hostalias="{a}"/>\n'
+                                                          for a in aliases[:max(nodes, 1)]) + "        </nodes>\n")
+        content = ("        <nodes>\n" + "".join(f'            <node hostalias="{a}" distribution-key="{i}"/>\n'
+                                                  for i, a in enumerate(aliases)) + "        </nodes>\n")
     return f"""<?xml version="1.0" encoding="utf-8" ?>
 <services version="1.0" xmlns:deploy="vespa" xmlns:preprocess="properties">
-    <container id="default" version="1.0">
+{admin}    <container id="default" version="1.0">
         <search/>
         <document-api/>
-{components}        <nodes count="{nodes}"/>
-    </container>
+{components}{container_nodes}    </container>
     <content id="{escape(DOCUMENT_TYPE)}" version="1.0">
         <min-redundancy>{redundancy}</min-redundancy>
         <documents>
             <document type="{escape(DOCUMENT_TYPE)}" mode="index"/>
         </documents>
-        <nodes count="{max(nodes, redundancy)}"/>
-    </content>
+{content}    </content>
 </services>
+"""
+
+
+def hosts_text(names: list[str]) -> str:
+    """``hosts.xml`` for a self-hosted cluster: each alias of ``services.xml`` on the host that runs it."""
+    hosts = "".join(f'    <host name="{escape(name)}">\n        <alias>node{i}</alias>\n    </host>\n'
+                    for i, name in enumerate(names))
+    return f"""<?xml version="1.0" encoding="utf-8" ?>
+<!-- The hosts of a self-hosted Vespa cluster: replace each name with the fully qualified name of a machine
+     ("hostname -f" on it), unless they came from a hosts file. node0 also runs the admin and config server. -->
+<hosts>
+{hosts}</hosts>
+"""
+
+
+def validation_overrides_text(ids: list[str], today: date | None = None) -> str:
+    """``validation-overrides.xml`` allowing ``ids`` for 29 days: Vespa refuses an ``until`` more than 30 days
+    ahead and ignores an override once its date has passed, so a later deploy is checked again."""
+    until = (today or date.today()) + timedelta(days=29)
+    allows = "".join(f"    <allow until=\"{until.isoformat()}\">{escape(i)}</allow>\n" for i in ids)
+    return f"""<?xml version="1.0" encoding="utf-8" ?>
+<!-- Changes Vespa would otherwise refuse, allowed until {until.isoformat()} (at most 30 days ahead; after that
+     date the checks apply again). On Vespa Cloud, production with one node or redundancy 1 needs
+     'redundancy-one'. Written because it was asked for (clipseek vespa export, option validation-override). -->
+<validation-overrides>
+{allows}</validation-overrides>
 """
 
 
@@ -110,7 +156,7 @@ def query_profile_text(embedders: list[Embedder]) -> str:
         f'    <field name="ranking.features.query({escape(e.query_input)})">embed({escape(e.id)}, @input)</field>\n'
         for e in embedders)
     return f"""<?xml version="1.0" encoding="utf-8" ?>
-<!-- `input=<text>`, as the seed application and `clipseek serve` take it, embedded by Vespa for each model.
+<!-- `input=<text>`, as Vespa's text-image sample app and `clipseek serve` take it, embedded for each model.
      A request that sends input.query(<slug>_text) itself overrides these. -->
 <query-profile id="default">
 {fields}</query-profile>
@@ -118,8 +164,12 @@ def query_profile_text(embedders: list[Embedder]) -> str:
 
 
 def export_package(coll: Collection, out: Path, *, nodes: int = 1, redundancy: int = 1, embedders: bool = True,
+                   cloud: bool = False, hosts: list[str] | None = None, validation_overrides: list[str] | None = None,
                    progress: Callable[[str], None] | None = None) -> list[Path]:
     """Write the package into ``out``; returns the files written.
+
+    Self-hosted with several nodes (``nodes`` or ``redundancy`` > 1, not ``cloud``), ``hosts.xml`` names their
+    machines: ``hosts`` (one per content node), else placeholders a person replaces.
 
     With ``embedders`` (the default) each field's model is resolved (fetched and exported on first use, like
     ``clipseek index`` does) and its text tower written under ``models/`` for Vespa's embedder.
@@ -145,10 +195,18 @@ def export_package(coll: Collection, out: Path, *, nodes: int = 1, redundancy: i
             written.append(out / files.model)
         if comps:
             written.append(write_tokenizer(out))
+    content_nodes = max(nodes, redundancy)
+    if hosts is not None and (cloud or len(hosts) != content_nodes):
+        raise VespaExportError(f"--hosts names {len(hosts)} machines but the cluster has {content_nodes} content "
+                               "nodes" if not cloud else "--hosts is for self-hosted clusters, not --cloud")
     files_text = {
         out / "schemas" / f"{DOCUMENT_TYPE}.sd": schema_text(coll),
-        out / "services.xml": services_text(nodes, redundancy, comps),
+        out / "services.xml": services_text(nodes, redundancy, comps, cloud=cloud),
     }
+    if not cloud and content_nodes > 1:
+        files_text[out / "hosts.xml"] = hosts_text(hosts or [f"node{i}.example.internal" for i in range(content_nodes)])
+    if validation_overrides:
+        files_text[out / "validation-overrides.xml"] = validation_overrides_text(validation_overrides)
     if comps:
         files_text[out / "search" / "query-profiles" / "default.xml"] = query_profile_text(comps)
     for path, text in files_text.items():
