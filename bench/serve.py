@@ -65,7 +65,8 @@ def load(port: int, queries: list[str], clients: int, seconds: float) -> tuple[l
         conn = http.client.HTTPConnection("127.0.0.1", port)
         mine = []
         while time.perf_counter() < stop:
-            path = "/search/?" + urllib.parse.urlencode({"input": rng.choice(queries), "hits": 10})
+            path = "/search/?" + urllib.parse.urlencode({"queryProfile": "vit_b_32", "input": rng.choice(queries),
+                                                          "hits": 10})
             start = time.perf_counter()
             conn.request("GET", path)
             resp = conn.getresponse()
@@ -108,7 +109,7 @@ def main() -> None:
             for _ in range(300):
                 try:
                     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-                    conn.request("GET", "/search/?input=warm+up")  # also loads the encoder
+                    conn.request("GET", "/search/?queryProfile=vit_b_32&input=warm+up")  # also loads the encoder
                     conn.getresponse().read()
                     break
                 except OSError:

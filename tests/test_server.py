@@ -58,7 +58,7 @@ def test_pyvespa_text_query_finds_the_right_image(served):
     url, port, captions, coll_dir = served
     app = vespa_app.Vespa(url="http://127.0.0.1", port=port)
     name, caption = captions[17]
-    res = app.query(body={"input": caption, "ranking": "tiny_similarity", "hits": 3})
+    res = app.query(body={"input": caption, "queryProfile": "tiny", "hits": 3})
     assert res.is_successful()
     names, relevance = library_ranking(coll_dir, caption, 3)
     assert [h["fields"]["image_file_name"] for h in res.hits] == names and name in names
@@ -79,9 +79,9 @@ def test_pyvespa_yql_with_query_tensor(served):
     assert 0 < res.hits[0]["relevance"] <= 1
 
 
-def test_seed_readme_query_shape(served):
+def test_sample_app_query_shape(served):
     url, _, _, _ = served
-    status, body = http(url + "/search/?input=a+child+playing+football")
+    status, body = http(url + "/search/?queryProfile=tiny&input=a+child+playing+football")
     assert status == 200
     root = body["root"]
     assert list(root)[:4] == ["id", "relevance", "fields", "coverage"] and root["id"] == "toplevel"
@@ -94,7 +94,8 @@ def test_seed_readme_query_shape(served):
 
 def test_gzipped_post_body_like_pyvespa(served):
     url, _, captions, coll_dir = served
-    body = gzip.compress(json.dumps({"input": captions[5][1], "hits": 1, "presentation": {"timing": True}}).encode())
+    body = gzip.compress(json.dumps({"input": captions[5][1], "queryProfile": "tiny", "hits": 1,
+                                  "presentation": {"timing": True}}).encode())
     status, out = http(url + "/search/", data=body, method="POST",
                        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
     assert status == 200
@@ -108,7 +109,13 @@ def test_gzipped_post_body_like_pyvespa(served):
       "input.query(q)": "[1,2,3]"}, 4),
     ({"yql": "select * from sources * where {targetHits:5}nearestNeighbor(tiny_image, q)",
       "input.query(q)": "[\"a\"]"}, 4),
-    ({"input": "x", "ranking": "nope_similarity"}, 4),
+    ({"input": "x", "queryProfile": "tiny", "ranking": "nope_similarity"}, 4),
+    ({"input": "x"}, 3),  # Vespa: "No query" (no YQL, and the default query profile sets none)
+    ({"input": "x", "queryProfile": "nope"}, 4),
+    # the default rank profile declares no query(tiny_text): Vespa reads the tensor as a string and refuses
+    ({"yql": "select * from sources * where {targetHits:5}nearestNeighbor(tiny_image, tiny_text)", "input": "x"}, 4),
+    ({"yql": "select * from sources * where {targetHits:5}nearestNeighbor(tiny_image, tiny_text)",
+      "input.query(tiny_text)": "[" + ",".join(["0.1"] * 96) + "]"}, 4),
     ({"input": "   "}, 4),
     ({"hits": "many", "input": "x"}, 4),
 ])
@@ -140,8 +147,9 @@ def test_pyvespa_feed_get_update_delete_visit(served):
     assert fields["image_file_name"] == "fed3.png"
     np.testing.assert_allclose(fields["tiny_image"]["values"], docs[3]["fields"]["tiny_image"], rtol=1e-6)
     assert fields["tiny_image"]["type"] == "tensor<float>(x[96])"
-    res = app.query(body={"yql": "select * from sources * where {targetHits:5}nearestNeighbor(tiny_image, q)",
-                          "input.query(q)": docs[3]["fields"]["tiny_image"], "hits": 1})
+    res = app.query(body={"yql": "select * from sources * where {targetHits:5}nearestNeighbor(tiny_image, tiny_text)",
+                          "input.query(tiny_text)": docs[3]["fields"]["tiny_image"], "hits": 1,
+                          "ranking.profile": "tiny_similarity"})
     assert res.hits[0]["fields"]["image_file_name"] == "fed3.png"
     upd = app.update_data(schema="image_search", data_id="fed3", fields={"image_file_name": "renamed.png"},
                           namespace="default")
@@ -170,8 +178,8 @@ def test_documents_keep_the_namespace_they_were_fed_under(served):
     app = vespa_app.Vespa(url="http://127.0.0.1", port=port)
     vec = np.random.default_rng(11).standard_normal(96).tolist()
     assert app.feed_data_point(schema="image_search", data_id="ns-1", fields={"tiny_image": vec}).is_successful()
-    res = app.query(body={"yql": "select * from sources * where {targetHits:5}nearestNeighbor(tiny_image, q)",
-                          "input.query(q)": vec, "hits": 2})
+    res = app.query(body={"yql": "select * from sources * where {targetHits:5}nearestNeighbor(tiny_image, tiny_text)",
+                          "input.query(tiny_text)": vec, "hits": 2, "ranking.profile": "tiny_similarity"})
     assert res.hits[0]["id"] == "id:image_search:image_search::ns-1"
     assert res.hits[0]["fields"]["documentid"] == "id:image_search:image_search::ns-1"
     assert res.hits[1]["id"].startswith("id:default:image_search::")  # indexed ones: the collection's namespace
@@ -222,7 +230,7 @@ def test_pyvespa_async_feed_and_query_over_h2c(served):
 
     async def query():
         async with app.asyncio() as client:
-            return await client.query(body={"input": captions[2][1], "hits": 3})
+            return await client.query(body={"input": captions[2][1], "queryProfile": "tiny", "hits": 3})
     res = asyncio.run(query())
     assert res.status_code == 200 and len(res.hits) == 3
     assert app.get_data(schema="image_search", data_id="h2-7", namespace="default").is_successful()
@@ -263,14 +271,14 @@ def test_queries_are_served_while_clipseek_index_writes(tmp_path):
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         counts = []
         while indexer.poll() is None:
-            status, body = http(url + urllib.parse.urlencode({"input": "a red circle", "hits": 1}))
+            status, body = http(url + urllib.parse.urlencode({"input": "a red circle", "queryProfile": "tiny", "hits": 1}))
             assert status == 200, body
             counts.append(body["root"]["coverage"]["documents"])
         out = indexer.stdout.read()
         assert indexer.returncode == 0, out
         assert "200 indexed" in out
         name, caption = (second / "captions.txt").read_text().splitlines()[3].split("\t", 1)
-        status, body = http(url + urllib.parse.urlencode({"input": caption, "hits": 5}))
+        status, body = http(url + urllib.parse.urlencode({"input": caption, "queryProfile": "tiny", "hits": 5}))
         assert body["root"]["coverage"]["documents"] == 240
         assert name in [c["fields"]["image_file_name"] for c in body["root"]["children"]]
         assert len(counts) >= 3 and counts[0] >= 40 and counts == sorted(counts)  # never went backwards

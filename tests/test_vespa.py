@@ -136,6 +136,15 @@ def test_export_configures_an_embedder_and_a_query_profile_per_model(package):
     fields = {f.get("name"): f.text for f in profile.findall("field")}
     # the rank profile's input, under its full name (query profiles take no aliases), embedded by that model
     assert fields == {"ranking.features.query(tiny_text)": "embed(tiny, @input)"}
+    # one profile per model: what queryProfile=tiny means on Vespa is what clipseek serve does with it
+    from clipseek.query import profile_yql
+    tiny = ET.parse(package / "search" / "query-profiles" / "tiny.xml").getroot()
+    assert tiny.get("id") == "tiny"
+    assert {f.get("name"): f.text for f in tiny.findall("field")} == {
+        "ranking.profile": "tiny_similarity", "yql": profile_yql("tiny"),
+        "ranking.features.query(tiny_text)": "embed(tiny, @input)"}
+    assert profile_yql("tiny") == ("select * from image_search where {targetHits:100}"
+                                   "nearestNeighbor(tiny_image, tiny_text)")
     sd = (package / "schemas" / "image_search.sd").read_text()
     assert "query(tiny_text) tensor<float>(x[96])" in sd
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -119,3 +120,46 @@ def test_vespa_feed_visit_query_and_document_against_clipseek_serve(source, tmp_
     with Collection.open(tmp_path / "b", readonly=True) as b:
         assert len(b) == n and b.get("brand-new") is not None and b.get(some_id.rsplit("::", 1)[1]) is None
         assert b.get("short") is None
+
+
+def readme_queries() -> tuple[list[list[str]], list[dict]]:
+    """The README's `vespa query` commands (as argument lists) and pyvespa query bodies."""
+    import ast
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    commands = [shlex.split(line.split("$ vespa query", 1)[1].split("#")[0])
+                for line in text.splitlines() if line.startswith("$ vespa query")]
+    bodies = []
+    for match in re.finditer(r"app\.query\(body=(\{.*?\})\)", text, re.S):
+        bodies.append(ast.literal_eval(match.group(1)))
+    return commands, bodies
+
+
+def test_every_readme_query_runs_against_clipseek_serve(source, tmp_path, vespa):
+    """What the README tells users to send works against `clipseek serve` (with the tiny model in place of
+    ViT-B/32), with the vespa CLI and with pyvespa; each is also a query the exported package accepts."""
+    from vespa.application import Vespa
+
+    commands, bodies = readme_queries()
+    assert len(commands) >= 2 and len(bodies) >= 2
+    with running_server(source, tmp_path, "--model", "tiny") as (url, port):
+        for args in commands:
+            assert args[:2] == ["-t", "http://127.0.0.1:8080"], args
+            args = [a.replace("vit_b_32", "tiny") for a in args[2:]]
+            result = json.loads(vespa("query", "-t", url, *args).stdout)
+            assert len(result["root"]["children"]) == 10, args
+        app = Vespa(url="http://127.0.0.1", port=port)
+        for body in bodies:
+            body = {k: v.replace("vit_b_32", "tiny") if isinstance(v, str) else v for k, v in body.items()}
+            res = app.query(body=body)
+            assert res.is_successful() and len(res.hits) == body["hits"], body
+
+
+def test_a_query_vespa_refuses_is_refused_with_vespas_error(source, tmp_path, vespa):
+    with running_server(source, tmp_path, "--model", "tiny") as (url, _port):
+        bad = vespa("query", "-t", url, "input=a dog", ok=False)  # no YQL, no query profile
+        assert "No query" in bad.stdout + bad.stderr
+        yql = "select * from image_search where {targetHits:10}nearestNeighbor(tiny_image, tiny_text)"
+        bad = vespa("query", "-t", url, yql, "input=a dog", ok=False)  # the default rank profile declares no input
+        assert "Expected 'query(tiny_text)' to be a tensor, but it is a string" in bad.stdout + bad.stderr

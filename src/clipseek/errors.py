@@ -19,6 +19,7 @@ Tree::
     │   └── ReadOnlyError              opened read-only / folder not writable
     ├── QueryError                     a request the engine cannot run
     │   ├── YqlSyntaxError             malformed YQL, with the position
+    │   ├── IllegalQueryError          a request Vespa refuses as an illegal query (no query at all)
     │   ├── FieldError                 unknown field or rank profile
     │   ├── VectorError                wrong dimension, NaN/inf, not numbers
     │   └── TooLargeError              a request body or decompressed body over its limit (HTTP 413)
@@ -148,6 +149,10 @@ class YqlSyntaxError(QueryError):
         self.yql, self.position = yql, position
         pointer = yql[max(0, position - 20): position + 20]
         super().__init__(f"Could not parse YQL at column {position + 1}: {message} (near {pointer!r})")
+
+
+class IllegalQueryError(QueryError):
+    pass
 
 
 class FieldError(QueryError):

@@ -1,9 +1,22 @@
 """Request parameters → one search the collection runs, with Vespa's query-API semantics.
 
 Parameters come as a flat ``name → text`` map (URL parameters, or a JSON body flattened the way Vespa does:
-nested objects become dotted keys, arrays and ``input.*`` objects stay JSON text, URL parameters win). The
-native app's plain-text ``input=`` is tokenized and encoded with the rank profile's model and becomes
-``{targetHits:100}nearestNeighbor(<slug>_image, <slug>_text)``, as the seed's ``TextEmbeddingSearcher`` does.
+nested objects become dotted keys, arrays and ``input.*`` objects stay JSON text, URL parameters win).
+
+The rules are those of the application package ``clipseek vespa export`` writes, so a query answered here is
+answered the same by Vespa, and one refused there is refused here with Vespa's error:
+
+- ``queryProfile=<slug>`` (one per model) sets ``ranking.profile=<slug>_similarity`` and the YQL
+  ``{targetHits:100}nearestNeighbor(<slug>_image, <slug>_text)``; the request's own parameters win.
+- ``input=<text>`` is embedded into ``query(<slug>_text)`` with the selected rank profile's model (Vespa's
+  ``embed(<slug>, @input)``).
+- A request without YQL (and no profile giving one) is refused: "No query".
+- A ``nearestNeighbor`` whose query tensor the selected rank profile does not declare is refused, as Vespa
+  then reads the value as a string: only ``<slug>_similarity`` declares ``query(<slug>_text)``; the default
+  profile declares none.
+
+Whatever clipseek accepts beyond this (plain text without a profile, several models, weights) lives in the
+native API under ``/api/``.
 """
 
 from __future__ import annotations
@@ -16,7 +29,8 @@ from typing import Any, Callable, Mapping
 
 
 from .collection import DEFAULT_TARGET_HITS, MAX_HITS, MAX_OFFSET, Collection, SearchResult
-from .errors import FieldError, QueryError
+from .errors import FieldError, IllegalQueryError, QueryError
+from .yql import parse as parse_yql
 from .models.encoder import Encoder
 from .tensors import TENSOR_FORMS, parse_tensor
 
@@ -24,7 +38,7 @@ MAX_INPUT_CHARS = 20_000  # CLIP reads 77 tokens; a longer text is a mistake or 
 _TENSOR_PARAM = re.compile(r"^(?:input\.query|ranking\.features\.query|rankfeature\.query)\((?P<name>[^)]+)\)$")
 _ALIASES = {"count": "hits", "start": "offset", "ranking": "ranking.profile", "timing": "presentation.timing",
             "format": "presentation.format", "format.tensors": "presentation.format.tensors",
-            "query": "model.queryString"}
+            "query": "model.queryString", "queryprofile": "queryProfile"}
 
 
 def flatten_body(body: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -78,12 +92,14 @@ class SearchRequest:
     timeout: float = 0.5
     timing: bool = False
     tensor_format: str = "short"
+    query_profile: str | None = None
 
     @classmethod
     def from_params(cls, raw: Mapping[str, str]) -> SearchRequest:
         params = {_ALIASES.get(k, k): v for k, v in raw.items()}
         req = cls(yql=params.get("yql") or None, profile=params.get("ranking.profile") or None,
-                  text=params.get("input"), tensor_format=params.get("presentation.format.tensors", "short"))
+                  text=params.get("input"), tensor_format=params.get("presentation.format.tensors", "short"),
+                  query_profile=params.get("queryProfile") or None)
         req.hits = min(_int(params, "hits", 10), MAX_HITS)
         req.offset = min(_int(params, "offset", 0), MAX_OFFSET)
         req.timing = params.get("presentation.timing", "false").lower() == "true"
@@ -101,8 +117,6 @@ class SearchRequest:
         if req.tensor_format not in TENSOR_FORMS:
             raise QueryError(f"unknown presentation.format.tensors {req.tensor_format[:40]!r}: use "
                              f"{', '.join(TENSOR_FORMS)}")
-        if req.yql is None and req.text is None:
-            raise QueryError("a query needs 'yql' or 'input' (plain text)")
         return req
 
 
@@ -118,35 +132,46 @@ def profile_field(coll: Collection, profile: str | None) -> str | None:
     raise FieldError(f"unknown rank profile {profile!r}; this collection has: {valid}")
 
 
-def default_field(coll: Collection, preferred_model: str) -> str:
+def query_profile_defaults(coll: Collection, name: str | None) -> dict[str, str]:
+    """The parameters query profile ``name`` sets: ``<slug>`` → its rank profile and nearestNeighbor YQL."""
+    if name in (None, "", "default"):
+        return {}
+    assert name is not None
     fields = coll.fields
-    if not fields:
-        raise FieldError("the collection has no vector field yet: index images or feed documents first")
-    for name, info in sorted(fields.items()):
-        if info.model == preferred_model:
-            return name
-    return sorted(fields)[0]
+    if f"{name}_image" not in fields:
+        valid = ", ".join(["default", *(f[: -len("_image")] for f in sorted(fields))])
+        raise FieldError(f"Could not resolve query profile '{name}'; this application has: {valid}")
+    return {"ranking.profile": f"{name}_similarity", "yql": profile_yql(name)}
 
 
-def run(coll: Collection, req: SearchRequest, encoder_for: Callable[[str], Encoder],
-        default_model: str = "ViT-B/32") -> SearchResult:
-    """Run ``req``: encode ``input`` text if given, then the YQL the collection understands."""
-    rank_field = profile_field(coll, req.profile)
+def profile_yql(slug: str, target_hits: int = DEFAULT_TARGET_HITS) -> str:
+    """The YQL of query profile ``slug`` (``clipseek vespa export`` writes the same into the package)."""
+    return (f"select * from image_search where {{targetHits:{target_hits}}}"
+            f"nearestNeighbor({slug}_image, {slug}_text)")
+
+
+def run(coll: Collection, req: SearchRequest, encoder_for: Callable[[str], Encoder]) -> SearchResult:
+    """Run ``req`` as Vespa would run it against the exported package (see the module docstring)."""
+    defaults = query_profile_defaults(coll, req.query_profile)
+    profile = req.profile or defaults.get("ranking.profile")
+    yql_text = req.yql or defaults.get("yql")
+    if yql_text is None:
+        raise IllegalQueryError("No query")
+    rank_field = profile_field(coll, profile)
+    declared = {f"{rank_field[: -len('_image')]}_text"} if rank_field else set()
+    for nn in parse_yql(yql_text).nearest:
+        if nn.tensor not in declared:
+            raise QueryError(f"Expected 'query({nn.tensor})' to be a tensor, but it is a string: the rank profile "
+                             f"'{profile or 'default'}' declares no input query({nn.tensor}) (use "
+                             f"ranking.profile=<slug>_similarity with the tensor <slug>_text, or queryProfile=<slug>)")
     tensors: dict[str, Any] = {}
     for name, value in req.tensors.items():
         tensors[name] = parse_tensor(json.loads(value) if value.strip()[:1] in "[{" and _is_json(value) else value,
                                      f"input.query({name})")
-    yql_text = req.yql
-    if req.text is not None:
-        fname = rank_field or default_field(coll, default_model)
-        slug = fname[: -len("_image")]
-        model = coll.fields[fname].model
-        tensors[f"{slug}_text"] = encoder_for(model).embed_texts([req.text])[0]
-        rank_field = fname
-        if yql_text is None:
-            yql_text = (f"select * from sources * where "
-                        f"{{targetHits:{DEFAULT_TARGET_HITS}}}nearestNeighbor({fname}, {slug}_text)")
-    assert yql_text is not None
+    if req.text is not None and rank_field is not None:
+        slug = rank_field[: -len("_image")]
+        if f"{slug}_text" not in tensors:  # a request's own tensor wins, as over the query profile's embed()
+            tensors[f"{slug}_text"] = encoder_for(coll.fields[rank_field].model).embed_texts([req.text])[0]
     return coll.search(yql_query=yql_text, query_tensors=tensors, hits=req.hits, offset=req.offset,
                        rank_field=rank_field)
 

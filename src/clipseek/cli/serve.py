@@ -19,7 +19,7 @@ from .search import collection_option, collection_path
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 @click.option("--port", default=8080, show_default=True, help="Port to listen on.")
 @click.option("--model", "default_model", default=DEFAULT_MODEL, show_default=True,
-              help="Model for `input=` text queries when the rank profile names none.")
+              help="Model the page and the native API (/api/) use when a request names none.")
 @click.option("--token", envvar="CLIPSEEK_TOKEN", show_envvar=True, default=None,
               help="Require 'Authorization: Bearer TOKEN' on every request.")
 @click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
@@ -45,8 +45,9 @@ def serve_command(collection_dir: Path | None, host: str, port: int, default_mod
     pyvespa works unchanged (tested, sync and async); the vespa CLI
     speaks the same APIs:
       from vespa.application import Vespa
-      Vespa("http://127.0.0.1", 8080).query(body={"input": "a child playing football"})
-      vespa query -t http://127.0.0.1:8080 'input=a child playing football'
+      Vespa("http://127.0.0.1", 8080).query(body={"queryProfile": "vit_b_32",
+                                                  "input": "a child playing football"})
+      vespa query -t http://127.0.0.1:8080 queryProfile=vit_b_32 'input=a child playing football'
     """
     import asyncio
     import ipaddress

@@ -43,7 +43,8 @@ def export_command(out: Path, collection_dir: Path | None, nodes: int, redundanc
     services.xml                 container (search, document-api, one
                                  hugging-face-embedder per model) + content
     models/                      text towers (ONNX) + CLIP tokenizer.json
-    search/query-profiles/       input=<text> -> embed(<slug>, @input)
+    search/query-profiles/       input=<text> -> embed(<slug>, @input); one
+                                 profile per model: queryProfile=<slug>
     hosts.xml                    self-hosted with several nodes: their machines
 
     Then: `clipseek vespa deploy OUT` (Docker or Vespa Cloud) or `vespa deploy OUT`,

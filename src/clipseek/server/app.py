@@ -21,8 +21,8 @@ from starlette.staticfiles import StaticFiles
 
 from .. import query as q
 from ..collection import DOCUMENT_TYPE, INT64, Collection, Document, SearchResult, check_attribute, check_docid
-from ..errors import (ClipseekError, CollectionLockedError, DiskFullError, FieldError, QueryError, TooLargeError,
-                      YqlSyntaxError)
+from ..errors import (ClipseekError, CollectionLockedError, DiskFullError, FieldError, IllegalQueryError, QueryError,
+                      TooLargeError, YqlSyntaxError)
 from ..models import get_spec, load_model
 from ..models.encoder import Encoder
 from ..summaries import SUMMARY_FIELDS
@@ -196,11 +196,11 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
             req = q.SearchRequest.from_params(params)
 
             def run(coll: Collection) -> tuple[SearchResult, str]:
-                return q.run(coll, req, encoder_for, default_model), coll.namespace
+                return q.run(coll, req, encoder_for), coll.namespace
             result, namespace = await read(shared, run)
         except TooLargeError as exc:
             return search_error(4, str(exc), 413)
-        except YqlSyntaxError as exc:
+        except (YqlSyntaxError, IllegalQueryError) as exc:
             return search_error(3, str(exc), 400)
         except ClipseekError as exc:
             return search_error(4, str(exc), 400)

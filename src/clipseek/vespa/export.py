@@ -8,8 +8,10 @@ documentation:
 * ``services.xml``: a container (search, document-api, one ``hugging-face-embedder`` per model) and a content
   cluster;
 * ``models/``: each model's text tower in the embedder's form and the CLIP tokenizer file (:mod:`.embedder`);
-* ``search/query-profiles/default.xml``: maps ``input=<text>`` (the seed's parameter, which ``clipseek serve``
-  takes too) to ``embed(<slug>, @input)`` for every model's query tensor, so Vespa answers plain-text queries.
+* ``search/query-profiles/default.xml``: maps ``input=<text>`` (the parameter of Vespa's text-image sample app,
+  which ``clipseek serve`` takes too) to ``embed(<slug>, @input)`` for every model's query tensor;
+* ``search/query-profiles/<slug>.xml``: one per model, setting its rank profile, the ``nearestNeighbor`` YQL and
+  the embedding, so ``queryProfile=<slug>&input=<text>`` works on Vespa as on ``clipseek serve``.
 """
 
 from __future__ import annotations
@@ -163,6 +165,22 @@ def query_profile_text(embedders: list[Embedder]) -> str:
 """
 
 
+def model_query_profile_text(emb: Embedder) -> str:
+    """``<slug>.xml``: ``queryProfile=<slug>&input=<text>`` searches that model's field, as in ``clipseek serve``."""
+    from ..query import profile_yql
+
+    slug = emb.id
+    return f"""<?xml version="1.0" encoding="utf-8" ?>
+<!-- queryProfile={escape(slug)}&input=<text>: the text embedded by this model, its nearest images, ranked by
+     closeness. The request's own yql, ranking.profile or input.query({escape(emb.query_input)}) win. -->
+<query-profile id="{escape(slug)}">
+    <field name="ranking.profile">{escape(slug)}_similarity</field>
+    <field name="yql">{escape(profile_yql(slug))}</field>
+    <field name="ranking.features.query({escape(emb.query_input)})">embed({escape(slug)}, @input)</field>
+</query-profile>
+"""
+
+
 def export_package(coll: Collection, out: Path, *, nodes: int = 1, redundancy: int = 1, embedders: bool = True,
                    cloud: bool = False, hosts: list[str] | None = None, validation_overrides: list[str] | None = None,
                    progress: Callable[[str], None] | None = None) -> list[Path]:
@@ -209,6 +227,8 @@ def export_package(coll: Collection, out: Path, *, nodes: int = 1, redundancy: i
         files_text[out / "validation-overrides.xml"] = validation_overrides_text(validation_overrides)
     if comps:
         files_text[out / "search" / "query-profiles" / "default.xml"] = query_profile_text(comps)
+        for emb in comps:
+            files_text[out / "search" / "query-profiles" / f"{emb.id}.xml"] = model_query_profile_text(emb)
     for path, text in files_text.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
