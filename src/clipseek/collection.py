@@ -10,6 +10,7 @@ search for small or heavily filtered candidate sets and HNSW otherwise; ``approx
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import fcntl
 import itertools
@@ -29,6 +30,7 @@ from . import selection as doc_selection, store, yql
 from .errors import (CollectionDamagedError, CollectionLockedError, DiskFullError, FieldError, NotACollectionError, QueryError,
                      ReadOnlyError, VectorError)
 from .index import AnnIndex, HnswParams, closeness
+from .lexing import INT64
 from .summaries import SUMMARY_FIELDS, Summaries, Summary
 
 DOCUMENT_TYPE = "image_search"
@@ -38,7 +40,6 @@ MAX_OFFSET = 1000
 DEFAULT_TARGET_HITS = 100  # the seed's TextEmbeddingSearcher; a small beam costs recall for little speed
 APPROXIMATE_THRESHOLD = 0.05  # Vespa's default approximate-threshold: below it, exact search
 MAX_ID_BYTES = 1024  # a document id's UTF-8 length (Vespa allows 64 KiB; ours name photos)
-INT64 = 2 ** 63
 #: The Python type of each summary attribute (what a document may store there, checked before any write).
 ATTRIBUTE_TYPES: dict[str, type] = {"image_file_name": str, "path": str, "size": int, "mtime": float,
                                     "content_hash": str, "width": int, "height": int, "format": str,
@@ -377,8 +378,8 @@ class Collection:
             return [f"field {f.info.name}: {len(live_bad)} vector rows fail their checksum in "
                     f"{f.vectors.path.name} (slots {', '.join(map(str, live_bad[:5]))}"
                     f"{', …' if len(live_bad) > 5 else ''})"]
-        stored = f.vectors.norms(start)
-        if not self.readonly and (covered < len(norms) or not np.allclose(stored, norms, rtol=1e-5, atol=1e-7)):
+        if not self.readonly and (covered < len(norms)  # a reader uses the norms computed here, never the file
+                                  or not np.allclose(f.vectors.norms(start), norms, rtol=1e-5, atol=1e-7)):
             f.vectors.rewrite_derived(start, norms)
         f.inv_norms = np.concatenate([f.inv_norms, _inverse(norms)])
         f.verified = f.next_slot
@@ -410,6 +411,22 @@ class Collection:
         if not np.isfinite(arr).all():
             raise VectorError(f"document {docid!r}: field {fname} contains NaN or infinity")
         return arr
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction: committed at the end, rolled back on any error unless SQLite already did
+        (disk full, I/O error); a full disk is a :class:`DiskFullError`."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            db.execute("COMMIT")
+        except BaseException as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+                raise DiskFullError(self.path, 0) from exc
+            raise
 
     def feed(self, documents: Iterable[Document]) -> int:
         """Put documents (replacing any with the same id), all in one atomic batch. Returns the count."""
@@ -468,8 +485,7 @@ class Collection:
             db = self._db
             doc_ids: list[int] = []
             removed: dict[str, list[int]] = {}
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 for d in docs:
                     row = db.execute(
                         f"INSERT INTO documents(docid, {', '.join(SUMMARY_FIELDS)}, extra, namespace) "
@@ -494,13 +510,6 @@ class Collection:
                                    "DO UPDATE SET slot=excluded.slot", (doc_ids[i], fname, int(slot)))
                     db.execute("UPDATE vector_fields SET next_slot=? WHERE name=?",
                                (int(new_slots[fname][-1]) + 1, fname))
-                db.execute("COMMIT")
-            except BaseException as exc:
-                if db.in_transaction:  # SQLite may have rolled back itself (disk full, I/O error)
-                    db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
-                    raise DiskFullError(self.path, 0) from exc
-                raise
             self._recount()
             # 3. in-memory state and graphs follow the commit; summaries first, so a new slot's hit has one
             self._summary.written(db, doc_ids)
@@ -539,17 +548,9 @@ class Collection:
                 return False
             doc = int(row[0])
             slots = db.execute("SELECT field, slot FROM vectors WHERE doc=?", (doc,)).fetchall()
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 db.execute("DELETE FROM vectors WHERE doc=?", (doc,))
                 db.execute("DELETE FROM documents WHERE id=?", (doc,))
-                db.execute("COMMIT")
-            except BaseException as exc:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
-                    raise DiskFullError(self.path, 0) from exc
-                raise
             self._recount()
             for r in slots:
                 f = self._fields[r["field"]]
@@ -623,12 +624,13 @@ class Collection:
         return {r[0] for r in self._conn().execute("SELECT DISTINCT namespace FROM documents")}
 
     # ---- searching -------------------------------------------------------------------------------------
-    def search(self, vector: Any = None, *, field: str | None = None, yql_query: str | None = None,
+    def search(self, vector: Any = None, *, field: str | None = None, yql_query: str | yql.Select | None = None,
                query_tensors: Mapping[str, Any] | None = None, hits: int = 10, offset: int = 0,
                target_hits: int | None = None, approximate: bool | None = None, explore_additional_hits: int = 0,
                filter: Filter | None = None, rank_field: str | None = None, model: str | None = None
                ) -> SearchResult:
-        """Nearest neighbours of ``vector`` on ``field``, or run a YQL statement with named query tensors.
+        """Nearest neighbours of ``vector`` on ``field``, or run a YQL statement (text, or as :func:`yql.parse`
+        made it) with named query tensors.
 
         Relevance is Vespa's ``closeness(field)`` for the angular metric: ``1 / (1 + arccos(cos(q, a)))``.
         ``target_hits`` defaults to ``max(hits + offset, 100)``; ``hits`` is capped at 400, ``target_hits`` at 10,000.
@@ -642,7 +644,7 @@ class Collection:
         tensors = dict(query_tensors or {})
         wanted: set[str] | None = None  # summary fields the YQL selects; None for all
         if yql_query is not None:
-            select = yql.parse(yql_query)
+            select = yql.parse(yql_query) if isinstance(yql_query, str) else yql_query  # parsed by the caller
             where = select.where
             if "*" not in select.fields:
                 wanted = set(select.fields)

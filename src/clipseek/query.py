@@ -159,7 +159,8 @@ def run(coll: Collection, req: SearchRequest, encoder_for: Callable[[str], Encod
         raise IllegalQueryError("No query")
     rank_field = profile_field(coll, profile)
     declared = {f"{rank_field[: -len('_image')]}_text"} if rank_field else set()
-    for nn in parse_yql(yql_text).nearest:
+    select = parse_yql(yql_text)
+    for nn in select.nearest:
         if nn.tensor not in declared:
             raise QueryError(f"Expected 'query({nn.tensor})' to be a tensor, but it is a string: the rank profile "
                              f"'{profile or 'default'}' declares no input query({nn.tensor}) (use "
@@ -172,7 +173,7 @@ def run(coll: Collection, req: SearchRequest, encoder_for: Callable[[str], Encod
         slug = rank_field[: -len("_image")]
         if f"{slug}_text" not in tensors:  # a request's own tensor wins, as over the query profile's embed()
             tensors[f"{slug}_text"] = encoder_for(coll.fields[rank_field].model).embed_texts([req.text])[0]
-    return coll.search(yql_query=yql_text, query_tensors=tensors, hits=req.hits, offset=req.offset,
+    return coll.search(yql_query=select, query_tensors=tensors, hits=req.hits, offset=req.offset,
                        rank_field=rank_field)
 
 

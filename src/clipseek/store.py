@@ -196,6 +196,15 @@ def set_meta(db: sqlite3.Connection, key: str, value: object) -> None:
                (key, text))
 
 
+def _write_at(path: Path, payload: np.ndarray, offset: int) -> None:
+    """Write ``payload``'s bytes at ``offset`` of ``path`` (created if missing) and fsync."""
+    with open(path, "r+b" if path.exists() else "w+b") as fh:
+        fh.seek(offset)
+        fh.write(payload.tobytes())
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 class VectorFile:
     """Append-only float32 rows on disk, read through a memory map; ``rows`` is the committed count."""
 
@@ -215,6 +224,10 @@ class VectorFile:
     def crc_path(self) -> Path:
         return self.path.with_suffix(".crc")
 
+    def crc_rows(self) -> int:
+        """Rows the checksum file covers."""
+        return self.crc_path.stat().st_size // 4 if self.crc_path.exists() else 0
+
     def stored_rows(self) -> int:
         """Whole rows the vector file holds (committed or not)."""
         try:
@@ -230,20 +243,15 @@ class VectorFile:
         if have < first_slot:
             raise CollectionDamagedError(self.path.parent.parent, [
                 f"{self.path.name} holds {have} rows but {first_slot} are committed (the file was truncated)"])
-        crc_have = self.crc_path.stat().st_size // 4 if self.crc_path.exists() else 0
+        crc_have = self.crc_rows()
         data = np.ascontiguousarray(vectors, dtype="<f4")
         norms: np.ndarray = np.linalg.norm(data, axis=1).astype("<f4")
         crcs = self.checksums_of(data)
         if crc_have < first_slot:  # a collection from before checksums: cover the rows before these first
             crcs = np.concatenate([self.checksums(crc_have, first_slot), crcs])
-        for path, payload, offset in ((self.path, data, first_slot * self.row_bytes),
-                                      (self.norm_path, norms, first_slot * 4),
-                                      (self.crc_path, crcs, min(crc_have, first_slot) * 4)):
-            with open(path, "r+b" if path.exists() else "w+b") as fh:
-                fh.seek(offset)
-                fh.write(payload.tobytes())
-                fh.flush()
-                os.fsync(fh.fileno())
+        _write_at(self.path, data, first_slot * self.row_bytes)
+        _write_at(self.norm_path, norms, first_slot * 4)
+        _write_at(self.crc_path, crcs, min(crc_have, first_slot) * 4)
         return norms
 
     @staticmethod
@@ -264,7 +272,7 @@ class VectorFile:
 
     def stored_checksums(self, start: int, end: int) -> np.ndarray:
         """The checksums the ``.crc`` file holds for rows ``start..end`` (fewer where it ends early)."""
-        have = self.crc_path.stat().st_size // 4 if self.crc_path.exists() else 0
+        have = self.crc_rows()
         if have <= start:
             return np.zeros(0, dtype="<u4")
         return np.fromfile(self.crc_path, dtype="<u4", count=min(have, end) - start, offset=start * 4)
@@ -289,16 +297,11 @@ class VectorFile:
     def rewrite_derived(self, start: int, norms: np.ndarray) -> None:
         """Rewrite rows ``start..`` of the norm file, and checksums the crc file lacks, from the data (a writer's
         repair of derived files)."""
-        have_crc = self.crc_path.stat().st_size // 4 if self.crc_path.exists() else 0
-        crcs = self.checksums(have_crc, self.rows)
-        for path, payload, offset in ((self.norm_path, norms.astype("<f4"), start * 4),
-                                      (self.crc_path, crcs, have_crc * 4)):
-            if len(payload):
-                with open(path, "r+b" if path.exists() else "w+b") as fh:
-                    fh.seek(offset)
-                    fh.write(payload.tobytes())
-                    fh.flush()
-                    os.fsync(fh.fileno())
+        have_crc = self.crc_rows()
+        if len(norms):
+            _write_at(self.norm_path, norms.astype("<f4"), start * 4)
+        if have_crc < self.rows:
+            _write_at(self.crc_path, self.checksums(have_crc, self.rows), have_crc * 4)
 
     def norms(self, start: int) -> np.ndarray:
         """Norms of committed rows from ``start``: read from the norm file, computed where it falls short."""

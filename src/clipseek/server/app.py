@@ -20,13 +20,14 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .. import query as q
-from ..collection import DOCUMENT_TYPE, INT64, Collection, Document, SearchResult, check_attribute, check_docid
+from ..collection import DOCUMENT_TYPE, Collection, Document, SearchResult, check_docid
 from ..errors import (ClipseekError, CollectionLockedError, DiskFullError, FieldError, IllegalQueryError, QueryError,
                       TooLargeError, YqlSyntaxError)
+from ..lexing import INT64
 from ..models import get_spec, load_model
 from ..models.encoder import Encoder
-from ..summaries import SUMMARY_FIELDS
 from ..selection import compile_selection
+from ..summaries import SUMMARY_FIELDS
 from ..tensors import TENSOR_FORMS, parse_tensor, render_tensor
 from . import native
 from .bodies import is_json, loads_json, read_body
@@ -258,8 +259,8 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
     def to_document(collection: Collection, docid: str, fields: dict[str, Any]) -> Document:
         doc = Document(docid)
         for name, value in fields.items():
-            if name in SUMMARY_FIELDS:
-                setattr(doc, name, check_attribute(name, value, docid))
+            if name in SUMMARY_FIELDS:  # the collection checks each value's type before it stores it
+                setattr(doc, name, value)
             else:
                 fname = vector_field(collection, name)
                 doc.vectors[fname] = parse_tensor(value, f"field {name}")
@@ -320,7 +321,7 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
                     if not isinstance(op, dict) or set(op) != {"assign"}:
                         raise QueryError(f"field {name}: only {{\"assign\": value}} updates are supported")
                     if name in SUMMARY_FIELDS:
-                        attributes[name] = check_attribute(name, op["assign"], docid)
+                        attributes[name] = op["assign"]
                     else:
                         fname = vector_field(coll, name)
                         vectors[fname] = parse_tensor(op["assign"], f"field {name}")

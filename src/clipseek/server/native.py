@@ -6,7 +6,6 @@ indexed (:mod:`clipseek.originals`). Errors: ``{"error": {"status", "type", "mes
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import io
 import math
@@ -21,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..collection import MAX_HITS, Collection, Filter
+from ..collection import MAX_HITS, Collection, Filter, check_docid
 from ..errors import ClipseekError, FieldError, QueryError, TooLargeError
 from ..models.encoder import Encoder, l2_normalize
 from ..originals import open_original
@@ -213,32 +212,24 @@ def routes(shared: Shared, encoder_for: Callable[[str], Encoder], default_model:
                 return run(coll, field, model, vector, params, terms or "image upload")
         return await guarded(go)
 
-    @contextlib.contextmanager
-    def original_file(docid: str) -> Iterator[tuple[int, os.stat_result] | None]:
-        """The open file of an indexed document, checked as :mod:`clipseek.originals` says; None if not served."""
-        with collection_for() as coll:
-            doc = coll.get(docid, with_vectors=False) if _plain_id(docid) else None
-            found = open_original(doc.extra, coll.indexed_roots()) if doc is not None else None
+    def original_file(docid: str) -> tuple[int, os.stat_result] | None:
+        """An open descriptor of an indexed document's file, checked as :mod:`clipseek.originals` says, and its
+        stat; None if it is not served. The caller closes the descriptor."""
         try:
-            yield found
-        finally:
-            if found is not None:
-                os.close(found[0])
+            check_docid(docid)
+        except QueryError:
+            return None
+        with collection_for() as coll:
+            doc = coll.get(docid, with_vectors=False)
+            return open_original(doc.extra, coll.indexed_roots()) if doc is not None else None
 
     async def original(request: Request) -> Response:
-        docid = request.path_params["docid"]
-
-        def opened() -> tuple[int, os.stat_result] | None:
-            with original_file(docid) as found:
-                if found is None:
-                    return None
-                return os.dup(found[0]), found[1]
-        found = await asyncio.to_thread(opened)
+        found = await asyncio.to_thread(original_file, request.path_params["docid"])
         if found is None:
             return error(404, "no indexed image with that id (or its file changed since it was indexed: "
                               "run `clipseek index` again)", "NotFound")
         fd, st = found
-        return StreamingResponse(_chunks(fd), media_type=_media_type(docid, request, fd),
+        return StreamingResponse(_chunks(fd), media_type=_media_type(fd),
                                  headers={"Content-Length": str(st.st_size), "Cache-Control": "no-cache"})
 
     async def thumbnail(request: Request) -> Response:
@@ -249,23 +240,21 @@ def routes(shared: Shared, encoder_for: Callable[[str], Encoder], default_model:
             return error(400, f"size must be one of {', '.join(map(str, THUMB_SIZES))}", "QueryError")
 
         def make() -> Path | None:
-            with original_file(docid) as found:
-                if found is None:
-                    return None
-                fd, st = found
-                with collection_for() as coll:
-                    folder = coll.path / "thumbnails"
-                key = hashlib.sha256(docid.encode("utf-8")).hexdigest()[:32]
-                target = folder / f"{key}-{size}.jpg"
+            found = original_file(docid)
+            if found is None:
+                return None
+            fd, st = found
+            with os.fdopen(fd, "rb") as fh:  # closes the descriptor
+                folder = shared.path / "thumbnails"
+                target = folder / f"{hashlib.sha256(docid.encode('utf-8')).hexdigest()[:32]}-{size}.jpg"
                 if not target.exists() or target.stat().st_mtime_ns < st.st_mtime_ns:
-                    with os.fdopen(os.dup(fd), "rb") as fh:
-                        img, _ = open_image(io.BytesIO(fh.read()), draft_size=size, name=docid)
+                    img, _ = open_image(fh, draft_size=size, name=docid)
                     img.thumbnail((size, size), Image.Resampling.LANCZOS)
                     folder.mkdir(exist_ok=True)
                     tmp = target.with_suffix(f".{os.getpid()}.{id(img)}.tmp")
                     img.save(tmp, "JPEG", quality=85)
                     os.replace(tmp, target)
-                return target
+            return target
         try:
             target = await asyncio.to_thread(make)
         except ClipseekError as exc:
@@ -294,10 +283,6 @@ def routes(shared: Shared, encoder_for: Callable[[str], Encoder], default_model:
     ]
 
 
-def _plain_id(docid: str) -> bool:
-    return 0 < len(docid) <= 1024 and "\0" not in docid
-
-
 def _chunks(fd: int, size: int = 256 * 1024) -> Iterator[bytes]:
     """The file's bytes from an open descriptor, which is closed at the end (or when the client goes away)."""
     try:
@@ -307,7 +292,8 @@ def _chunks(fd: int, size: int = 256 * 1024) -> Iterator[bytes]:
         os.close(fd)
 
 
-def _media_type(docid: str, request: Request, fd: int) -> str:
+def _media_type(fd: int) -> str:
+    """The image type by the file's first bytes (the indexer accepted it by content, not by name)."""
     head = os.pread(fd, 16, 0)
     for magic, kind in ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG", "image/png"), (b"GIF8", "image/gif"),
                         (b"BM", "image/bmp"), (b"II*\x00", "image/tiff"), (b"MM\x00*", "image/tiff")):
