@@ -199,3 +199,15 @@ def test_a_full_disk_is_reported_in_words_and_loses_nothing(tmp_path):
     assert (out / "second.rc").read_text().strip() == "0", (out / "second.err").read_text()
     assert f"{400 - committed} indexed, {committed} unchanged" in (out / "second.out").read_text()
     assert (out / "check.rc").read_text().strip() == "0", (out / "check.out").read_text()
+
+
+def test_a_file_truncated_under_an_open_writer_is_not_padded_by_its_next_write(made):
+    """The open-time check cannot see a file cut while a writer holds the collection: the write itself must."""
+    folder, vecs = made
+    f32 = folder / "vectors" / "tiny_image.f32"
+    with Collection.open(folder) as c:
+        os.truncate(f32, 250 * DIM * 4)
+        with pytest.raises(CollectionDamagedError, match="holds 250 rows but 300 are committed"):
+            c.feed([Document("after", vectors={"tiny_image": vecs[0]})])
+        assert os.path.getsize(f32) == 250 * DIM * 4  # nothing appended after a hole of zeros
+        assert c.get("after") is None

@@ -268,3 +268,22 @@ def test_the_server_keeps_the_gallery_when_the_indexed_folder_moves(tmp_path):
     os.symlink(tmp_path / "moved", gallery)  # the old path still resolves, to a folder never indexed
     with running_server(coll_dir, tmp_path, "--model", "tiny") as (_, port):
         assert call(port, "GET", f"/api/images/{docid}")[0] == 404
+
+
+def test_gunzip_stops_at_its_cap_without_inflating_the_rest():
+    """A 64 MB bomb against a 1 MB cap: refused after producing about the cap, not after inflating it all."""
+    import tracemalloc
+
+    from clipseek.errors import TooLargeError
+    from clipseek.server.bodies import gunzip
+
+    bomb = gzip.compress(b"a" * (64 * 1024 * 1024))
+    tracemalloc.start()
+    try:
+        with pytest.raises(TooLargeError, match="decompressed"):
+            gunzip(bomb, limit=1024 * 1024)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 1024 * 1024, peak
+    assert gunzip(gzip.compress(b"{}"), limit=1024) == b"{}"
