@@ -304,17 +304,17 @@ class Indexer:
 
 def _document(it: _Prepared, now: float) -> Document:
     text = display_path(it.raw)
-    extra: dict[str, object] = {"file": file_record(it.raw, it.st)}
-    try:
-        it.raw.decode("utf-8")
-    except UnicodeDecodeError:
-        extra["path_b64"] = base64.b64encode(it.raw).decode("ascii")
+    extra: dict[str, object] = {"file": file_record(it.raw, it.st)}  # the path's bytes, whatever their encoding
     return Document(docid_for(it.raw), image_file_name=os.path.basename(text), path=text, size=it.st.st_size,
                     mtime=it.st.st_mtime, content_hash=it.content_hash, width=it.width, height=it.height,
                     format=it.format, indexed_at=now, extra=extra)
 
 
 def _raw_path(doc: Document) -> bytes | None:
+    """The path's bytes: from the indexer's file record, or ``path_b64`` (clipseek before the record), or the text."""
+    record = indexed_file(doc.extra)
+    if record is not None:
+        return record[0]
     if "path_b64" in doc.extra:
         return base64.b64decode(doc.extra["path_b64"])
     return doc.path.encode("utf-8") if doc.path else None
