@@ -26,7 +26,6 @@ from ..errors import (ClipseekError, CollectionLockedError, DiskFullError, Field
 from ..lexing import INT64
 from ..models import get_spec, load_model
 from ..models.encoder import Encoder
-from ..selection import compile_selection
 from ..summaries import SUMMARY_FIELDS
 from ..tensors import TENSOR_FORMS, parse_tensor, render_tensor
 from . import native
@@ -365,9 +364,7 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
             form = tensor_form(request)
             slices = whole(params, "slices", 1, 1, 1 << 62)
             slice_id = whole(params, "sliceId", 0, 0, slices - 1)
-            selection = params.get("selection")
-            if selection is not None:
-                compile_selection(selection)  # a bad selection is a 400 before anything is visited
+            selection = params.get("selection")  # compiled by the visit below, before any delete: bad is a 400
             if request.method == "DELETE":
                 if not selection:
                     raise QueryError("a delete of many documents needs a 'selection' (e.g. selection=true for all)")
