@@ -12,22 +12,29 @@ from tqdm import tqdm
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--n", "n", default=1000, show_default=True, help="Number of images.")
 @click.option("--seed", default=0, show_default=True, help="Random seed (a different seed, a different set).")
-def synth_command(out: Path, n: int, seed: int) -> None:
+@click.option("--variant", type=click.Choice(["original", "shifted"]), default="original", show_default=True,
+              help="shifted: the same scenes in another domain (gradient backgrounds, outlines, noise, JPEG "
+                   "artefacts; captions with synonyms the tiny model never saw) — for measuring fine-tuning.")
+def synth_command(out: Path, n: int, seed: int, variant: str) -> None:
     """Write a captioned synthetic image set to OUT (Flickr8k's layout).
 
     \b
-    OUT/images/*.png      coloured shapes on plain backgrounds
+    OUT/images/*          coloured shapes on backgrounds (PNG; JPEG when shifted)
     OUT/captions.txt      image<TAB>caption, five phrasings per image
 
     Every caption names all of its image's attributes, and no two images share
     them, so each caption has exactly one relevant image.
+
+    \b
+      clipseek synth shifted --variant shifted --n 3000 --seed 5
+      clipseek finetune shifted --model tiny --out tuned
     """
     from .. import synth
 
     if n < 1 or n > len(synth.all_scenes()):
         raise click.BadParameter(f"must be between 1 and {len(synth.all_scenes())}", param_hint="--n")
     with tqdm(total=n, unit="img", desc="synth", disable=None) as bar:
-        synth.write_dataset(out, n, seed, progress=lambda i: bar.update(i - bar.n))
+        synth.write_dataset(out, n, seed, progress=lambda i: bar.update(i - bar.n), variant=variant)
     click.echo(f"wrote {n} images and {n * synth.CAPTIONS_PER_IMAGE} captions to {out}")
 
 
