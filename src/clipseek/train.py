@@ -160,6 +160,41 @@ def compact_token_embedding(model: Any, keep: set[int]) -> None:
     model.token_embedding = CompactEmbedding()
 
 
+WEIGHTS_FILE = "weights.npz"
+TOKEN_IDS = "token_embedding.ids"
+
+
+def save_weights(model: Any, path: Path, token_ids: set[int] | None = None) -> Path:
+    """Every parameter and buffer of an open_clip CLIP as ``.npz`` (numpy arrays, no pickle).
+
+    With ``token_ids``, only those rows of the token embedding are kept (with their ids): the other rows carry
+    no training, and :func:`load_weights` restores them as zeros — what the exported text tower computes.
+    """
+    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    if token_ids is not None:
+        ids = np.array(sorted(token_ids), dtype=np.int64)
+        state["token_embedding.weight"] = state["token_embedding.weight"][ids]
+        state[TOKEN_IDS] = ids
+    with open(path, "wb") as fh:
+        np.savez(fh, **state)
+    return path
+
+
+def load_weights(spec: ModelSpec, path: Path) -> Any:
+    """An open_clip CLIP for ``spec`` with the weights :func:`save_weights` wrote; the full token table."""
+    import torch
+
+    model = create_model(spec)
+    with np.load(path) as data:
+        state = {k: torch.from_numpy(data[k]) for k in data.files if k != TOKEN_IDS}
+        if TOKEN_IDS in data.files:
+            full = torch.zeros_like(model.token_embedding.weight)
+            full[torch.from_numpy(data[TOKEN_IDS])] = state["token_embedding.weight"]
+            state["token_embedding.weight"] = full
+    model.load_state_dict(state)
+    return model.eval()
+
+
 def train_tiny(out_dir: Path, config: TrainConfig = TrainConfig(), log: Log | None = None) -> Path:
     """The one reproducible command behind the bundled ``tiny`` model: render, train, export."""
     from .models.loader import export_model
@@ -174,7 +209,10 @@ def train_tiny(out_dir: Path, config: TrainConfig = TrainConfig(), log: Log | No
     torch.manual_seed(config.seed)
     model = create_model(spec)
     train(model, data, config, say)
-    compact_token_embedding(model, used_token_ids([c for caps in data.captions for c in caps]))
+    seen = used_token_ids([c for caps in data.captions for c in caps])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_weights(model, out_dir / WEIGHTS_FILE, seen)  # what `clipseek finetune --model tiny` starts from
+    compact_token_embedding(model, seen)
     minutes = (time.perf_counter() - started) / 60
     export_model(model, spec, out_dir, trained={
         "data": f"clipseek synth scenes, {config.pool_size} renders, seed {config.seed}",

@@ -29,7 +29,7 @@ def sha256_file(path: Path) -> str:
 
 def write_manifest(folder: Path, spec: ModelSpec, **extra: Any) -> Path:
     """Record the spec and the checksum of every ONNX file in ``folder``."""
-    files = {p.name: sha256_file(p) for p in sorted(folder.glob("*.onnx"))}
+    files = {p.name: sha256_file(p) for p in sorted([*folder.glob("*.onnx"), *folder.glob("*.npz")])}
     doc = {"format": FORMAT, "spec": spec.to_dict(), "files": files, **extra}
     path = folder / MANIFEST
     path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
