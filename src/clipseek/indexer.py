@@ -152,7 +152,7 @@ class Indexer:
         self.batch_size = batch_size or encoder.batch_size
         self.progress = progress or (lambda done, total: None)
         self.field = field_for(encoder)
-        collection.add_field(self.field, encoder.ref, encoder.dim)
+        collection.add_field(self.field, encoder.image_ref, encoder.dim)
 
     def run(self, roots: Iterable[Path]) -> IndexReport:
         """Index ``roots``; Ctrl-C stops cleanly at any point with the report so far (committed work is kept)."""

@@ -66,7 +66,13 @@ def pick_field(coll: Collection, model: str | None) -> tuple[str, str]:
     """(field, model name) to search: the one asked for, else the default model's, else the only one."""
     fields = coll.fields
     if model is not None:
-        name = model if model.startswith(LOCAL_DIR_PREFIX) else get_spec(model).name
+        spec = get_spec(model)
+        if spec.image_model:  # a text-only fine-tune searches its base model's vectors
+            name = spec.image_model
+        elif model.startswith(LOCAL_DIR_PREFIX):
+            name = f"{LOCAL_DIR_PREFIX}{Path(model[len(LOCAL_DIR_PREFIX):]).expanduser().resolve()}"
+        else:
+            name = spec.name
         matches = [f for f in fields.values() if f.model == name]
         if not matches:
             have = ", ".join(f"{f.model}" for f in fields.values()) or "none"
@@ -108,7 +114,7 @@ def search_command(text: str | None, image: Path | None, k: int, model: str | No
         field, model_name = pick_field(coll, model)
         encoder = load_model(model_name)
         vector = encoder.embed_texts([text])[0] if text is not None else encoder.embed_images([image or Path()])[0]
-        result = coll.search(vector, field=field, hits=k, model=encoder.ref)
+        result = coll.search(vector, field=field, hits=k, model=encoder.image_ref)
     if as_json:
         click.echo(json.dumps({"query": text or str(image), "model": encoder.spec.name, "field": field,
                                "total": result.total_count, "hits": [

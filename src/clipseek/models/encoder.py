@@ -65,6 +65,12 @@ class Encoder(ABC):
         """How to load this model again: the registry name, or ``local-dir:PATH`` for an unregistered export."""
         return self._ref or self.spec.name
 
+    @property
+    def image_ref(self) -> str:
+        """The model a collection records for this encoder's image vectors: :attr:`ref`, except for a
+        text-only fine-tune, whose image tower (and so every image vector) is its base model's."""
+        return self.spec.image_model or self.ref
+
     @abstractmethod
     def _encode_tokens(self, tokens: np.ndarray) -> np.ndarray:
         """Token ids ``[n, seq]`` (int64) → unnormalised embeddings ``[n, dim]``."""

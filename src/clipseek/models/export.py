@@ -93,26 +93,33 @@ def _onnx_friendly(clip: Any) -> Any:
     return clip
 
 
-def export_towers(clip: Any, out_dir: Path, *, image_size: int, context_length: int = 77) -> tuple[Path, Path]:
-    """Write ``text.onnx`` and ``image.onnx`` (batch and sequence dims dynamic) into ``out_dir``."""
+def export_towers(clip: Any, out_dir: Path, *, image_size: int, context_length: int = 77,
+                  towers: tuple[str, ...] = ("text", "image")) -> tuple[Path, Path]:
+    """Write ``text.onnx`` and ``image.onnx`` (batch and sequence dims dynamic) into ``out_dir``.
+
+    ``towers`` limits what is written: a text-only fine-tune keeps its base's ``image.onnx`` byte for byte.
+    """
     torch = _torch()
     out_dir.mkdir(parents=True, exist_ok=True)
     clip = _onnx_friendly(clip.eval().float())
     text_path, image_path = out_dir / "text.onnx", out_dir / "image.onnx"
-    tokens = torch.zeros((2, context_length), dtype=torch.long)
-    tokens[:, 0], tokens[:, 1] = 49406, 49407
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA kernel has no ONNX symbolic
     try:
-        _export(torch, clip, tokens, text_path, image_path, image_size)
+        if "text" in towers:
+            _export_text(torch, clip, text_path, context_length)
+        if "image" in towers:
+            _export_image(torch, clip, image_path, image_size)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
     return text_path, image_path
 
 
-def _export(torch: Any, clip: Any, tokens: Any, text_path: Path, image_path: Path, image_size: int) -> None:
+def _export_text(torch: Any, clip: Any, text_path: Path, context_length: int) -> None:
     import warnings
 
+    tokens = torch.zeros((2, context_length), dtype=torch.long)
+    tokens[:, 0], tokens[:, 1] = 49406, 49407
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer chatter about shape checks that hold for every input
         torch.onnx.export(
@@ -120,6 +127,13 @@ def _export(torch: Any, clip: Any, tokens: Any, text_path: Path, image_path: Pat
             dynamic_axes={TEXT_INPUT: {0: "batch", 1: "sequence"}, TEXT_OUTPUT: {0: "batch"}},
             opset_version=OPSET, dynamo=False,
         )
+
+
+def _export_image(torch: Any, clip: Any, image_path: Path, image_size: int) -> None:
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         pixels = torch.zeros((2, 3, image_size, image_size), dtype=torch.float32)
         torch.onnx.export(
             clip.visual.eval(), (pixels,), str(image_path), input_names=[IMAGE_INPUT], output_names=[IMAGE_OUTPUT],

@@ -42,10 +42,18 @@ class ModelSpec:
     description: str = ""
     aliases: tuple[str, ...] = ()
     bundled_dir: str | None = None
+    # A text-only fine-tune: the model whose image vectors this model's text vectors are trained against. Its
+    # image tower is that model's, byte for byte, so it searches (and indexes into) that model's field.
+    image_model: str | None = None
 
     @property
     def field_name(self) -> str:
         return f"{self.slug}_image"
+
+    @property
+    def image_vectors_of(self) -> str:
+        """The model name a collection records for this model's image vectors."""
+        return self.image_model or self.name
 
     @property
     def weights_source(self) -> str:

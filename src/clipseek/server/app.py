@@ -64,6 +64,20 @@ class Encoders:
             return self._cache[model]
 
 
+def tuned_text_model(encoders: Callable[[str], Encoder], default_model: str) -> tuple[Callable[[str], Encoder], str]:
+    """When the default model is a text-only fine-tune, its base's field is searched with its text tower.
+
+    Returns the encoder lookup (by the model a field records) and the model whose field is the default."""
+    try:
+        base = get_spec(default_model).image_model
+    except ClipseekError:
+        base = None  # an unknown name fails later, where a field needs it, with the usual message
+    if base is None:
+        return encoders, default_model
+    tuned = default_model
+    return (lambda model: encoders(tuned if model == base else model)), base
+
+
 class Shared:
     """The served collection: a reader for searches, a writer taken for document-API writes and released when
     idle, so that a `clipseek index` run can write the same collection while the server keeps answering.
@@ -172,7 +186,7 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
     With ``token``, every route needs ``Authorization: Bearer <token>`` (or ``?token=``). Without one, only
     requests addressed to a loopback name or one of ``allow_hosts`` ("*" for any) are answered (see
     :mod:`clipseek.server.guard`)."""
-    encoder_for = encoders or Encoders(precision=precision)
+    encoder_for, default_model = tuned_text_model(encoders or Encoders(precision=precision), default_model)
     shared = Shared(path, idle_seconds=idle_seconds)
     source = "clipseek"
 
