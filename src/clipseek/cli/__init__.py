@@ -63,6 +63,7 @@ def _register() -> None:
     from .data import synth_command, train_tiny_command
     from .demo import demo_command
     from .evaluate import eval_command
+    from .finetune import finetune_command
     from .models import models
     from .search import index_command, search_command
     from .serve import serve_command
@@ -78,6 +79,7 @@ def _register() -> None:
     main.add_command(models)
     main.add_command(synth_command)
     main.add_command(train_tiny_command)
+    main.add_command(finetune_command)
 
 
 _register()
