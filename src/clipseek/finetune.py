@@ -437,13 +437,13 @@ def finetune(data: Path | PairData, base: str, out: Path, config: FinetuneConfig
     from .train import WEIGHTS_FILE, save_weights
 
     save_weights(model, result_dir / WEIGHTS_FILE)  # torch weights: the result can be tuned again
-    parity = _parity(model, encode_text, tokenizer, result_dir, tuned_spec, pairs, images, config.mode, torch)
-    if parity < PARITY_MIN_COS:
-        raise FinetuneError(f"the exported text tower differs from the torch model (cos {parity:.6f} < "
-                            f"{PARITY_MIN_COS}): please report this; {work} holds the trained checkpoint")
     from .models.encoder import OnnxEncoder
 
     tuned_encoder = OnnxEncoder(result_dir, tuned_spec, threads=threads)
+    parity = _parity(model, encode_text, tokenizer, tuned_encoder, pairs, images, config.mode, torch)
+    if parity < PARITY_MIN_COS:
+        raise FinetuneError(f"the exported text tower differs from the torch model (cos {parity:.6f} < "
+                            f"{PARITY_MIN_COS}): please report this; {work} holds the trained checkpoint")
     before = _onnx_metrics(base_encoder, pairs.test, images["test"], config.mode)
     after = _onnx_metrics(tuned_encoder, pairs.test, images["test"], config.mode)
     record = {
@@ -608,12 +608,9 @@ def _onnx_metrics(encoder: Any, split: Split, side: tuple[np.ndarray, np.ndarray
     return _recall(text, image, np.asarray([r for r, _ in split.pairs]))
 
 
-def _parity(model: Any, encode_text: Any, tokenizer: Any, folder: Path, spec: ModelSpec, pairs: PairData,
+def _parity(model: Any, encode_text: Any, tokenizer: Any, encoder: Any, pairs: PairData,
             images: dict[str, tuple[np.ndarray, np.ndarray]], mode: str, torch: Any) -> float:
-    """The smallest cosine between the torch model and its ONNX export, on dev captions (and images)."""
-    from .models.encoder import OnnxEncoder
-
-    encoder = OnnxEncoder(folder, spec)
+    """The smallest cosine between the torch model and its ONNX export (``encoder``), on dev captions (and images)."""
     captions = [c for _, c in pairs.dev.pairs[:256]]
     want = _text_vectors(encode_text, tokenizer, captions, torch.device("cpu"), torch)
     got = encoder.embed_texts(captions)
