@@ -49,7 +49,8 @@ def test_bad_input_is_counted_not_hidden(tmp_path):
     data = load_dataset(root, "test")
     assert data.queries == [("a.jpg", "a red thing"), ("c.jpg", "cee"), ("b.jpg", "bee")]
     assert data.images == ["a.jpg", "b.jpg", "c.jpg"]
-    assert dict(data.dropped) == {"duplicate caption line": 1, "empty caption": 1, "line without a tab separator": 1,
+    assert dict(data.dropped) == {"duplicate caption line": 1, "empty caption": 1,
+                                  "line without a tab between image and caption": 1,
                                   "caption names an image missing from images/": 1,
                                   "split lists an image that is not in images/": 2}
 
@@ -64,6 +65,9 @@ def test_flickr_token_file_and_empty_folder(tmp_path):
     (empty / "images").mkdir(parents=True)
     with pytest.raises(DatasetError, match="empty"):
         load_dataset(empty)
+    (root / "captions.txt").write_bytes("x.jpg\tun caf\u00e9 ferm\u00e9\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"captions\.txt is not UTF-8 text .*save it as UTF-8"):
+        load_dataset(root, "all")
 
 
 def test_eval_tiny_on_fresh_synth_reaches_the_quality_bar(tmp_path):

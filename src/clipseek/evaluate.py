@@ -89,19 +89,39 @@ def _read_captions(root: Path, dropped: Counter[str]) -> list[tuple[str, str]]:
     source = path if path.is_file() else token_file
     if not source.is_file():
         raise DatasetError(f"{root} has neither captions.txt nor Flickr8k.token.txt")
+    return read_captions(source, dropped, strip_hash=True)
+
+
+def read_captions(path: Path, dropped: Counter[str], *, strip_hash: bool) -> list[tuple[str, str]]:
+    """``(image, caption)`` from lines of ``image<TAB>caption``, whitespace in captions collapsed.
+
+    ``strip_hash`` drops Flickr8k's ``#N`` caption number from the image name. Lines that give no image or no
+    caption are counted in ``dropped`` by reason, not returned. The one reader behind ``clipseek eval`` and
+    ``clipseek finetune``.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path} is not UTF-8 text ({exc}): save it as UTF-8") from exc
     out = []
-    for line in source.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         if not line.strip():
             continue
         if "\t" not in line:
-            dropped["line without a tab separator"] += 1
+            dropped["line without a tab between image and caption"] += 1
             continue
         name, caption = line.split("\t", 1)
-        name = name.strip().split("#", 1)[0]
-        if not caption.strip():
+        name = name.strip()
+        if strip_hash:
+            name = name.split("#", 1)[0]
+        caption = " ".join(caption.split())
+        if not name:
+            dropped["line without an image"] += 1
+            continue
+        if not caption:
             dropped["empty caption"] += 1
             continue
-        out.append((name, caption.strip()))
+        out.append((name, caption))
     return out
 
 

@@ -40,7 +40,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import ClipseekError, ExportDependencyError, ImageError
-from .evaluate import KS, metrics
+from .evaluate import KS, metrics, read_captions
 from .models import modeldir
 from .models.registry import LOCAL_DIR_PREFIX, ModelSpec
 
@@ -125,10 +125,10 @@ def load_pairs(data: Path) -> PairData:
             captions = data / "Flickr8k.token.txt"
         if not captions.is_file():
             raise FinetuneError(f"{data} has no captions.txt (lines of image<TAB>caption): add it")
-        raw = _read_tsv(captions, data / "images", dropped, strip_hash=True)
+        raw = [(data / "images" / n, c) for n, c in read_captions(captions, dropped, strip_hash=True)]
         root = data
     elif data.is_file():
-        raw = _read_tsv(data, data.parent, dropped, strip_hash=False)
+        raw = [(data.parent / n, c) for n, c in read_captions(data, dropped, strip_hash=False)]
         root = data.parent
     else:
         raise FinetuneError(f"{data} does not exist: give a folder in Flickr8k's layout or a TSV of path<TAB>caption")
@@ -173,33 +173,6 @@ def load_pairs(data: Path) -> PairData:
 
 def _dropped_text(dropped: Counter[str]) -> str:
     return ("; dropped: " + ", ".join(f"{n} {reason}" for reason, n in dropped.most_common())) if dropped else ""
-
-
-def _read_tsv(path: Path, base: Path, dropped: Counter[str], *, strip_hash: bool) -> list[tuple[Path, str]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise FinetuneError(f"{path} is not UTF-8 text ({exc}): save it as UTF-8") from exc
-    out = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        if "\t" not in line:
-            dropped["line without a tab between image and caption"] += 1
-            continue
-        name, caption = line.split("\t", 1)
-        name = name.strip()
-        if strip_hash:
-            name = name.split("#", 1)[0]
-        caption = " ".join(caption.split())
-        if not name:
-            dropped["line without an image"] += 1
-            continue
-        if not caption:
-            dropped["empty caption"] += 1
-            continue
-        out.append(((base / name), caption))
-    return out
 
 
 def _split_lists(root: Path) -> dict[str, set[str]] | None:
