@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ..models import available_models, fetch_model, get_spec, modeldir
@@ -39,7 +41,8 @@ def models(ctx: click.Context, as_json: bool) -> None:
 
 @models.command("fetch")
 @click.argument("name", default=DEFAULT_MODEL)
-def fetch(name: str) -> None:
+@click.option("--skip-check", is_flag=True, help="Do not run `clipseek models check` after exporting.")
+def fetch(name: str, skip_check: bool) -> None:
     """Download NAME's weights, check them, export both towers to ONNX and cache them.
 
     Needs network access and the export extra: pip install 'clipseek[export]'.
@@ -48,7 +51,56 @@ def fetch(name: str) -> None:
     """
     spec = get_spec(name)
     folder = fetch_model(spec, progress=lambda msg: click.echo(msg, err=True))
+    if not skip_check:
+        _check(folder, threads=None, as_json=False)
     click.echo(str(folder))
+
+
+@models.command("check")
+@click.argument("name", default=DEFAULT_MODEL)
+@click.option("--threads", default=None, type=int, help="Inference threads [default: number of CPUs].")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+def check(name: str, threads: int | None, as_json: bool) -> None:
+    """Measure how each backend and precision agrees with fp32 on NAME, and how fast each runs here.
+
+    \b
+    The reference is ONNX Runtime fp32, the towers as exported. Each other
+    variant this machine can run (OpenVINO fp32, OpenVINO bf16 where the CPU
+    has AVX512_BF16 or AMX, ONNX Runtime int8) embeds a calibration set of
+    128 rendered scenes and 256 captions, and passes when every vector has
+    cosine >= 0.995 to fp32's and text->image search keeps >= 90% of fp32's
+    top 10 on average.
+
+    \b
+    With --precision auto (the default everywhere), clipseek then runs the
+    fastest variant that passed. Without a check it uses bf16 where the CPU
+    has it and fp32 otherwise, and never int8. `clipseek models fetch` runs
+    this check. The record lives under $CLIPSEEK_CACHE/checks.
+    """
+    from ..models import resolve
+
+    _check(resolve(name), threads=threads, as_json=as_json)
+
+
+def _check(folder: Path, *, threads: int | None, as_json: bool) -> None:
+    import json
+
+    from ..models.check import check_model
+    from ..models.runtime import choose
+
+    doc = check_model(folder, threads=threads, say=(lambda m: None) if as_json else (lambda m: click.echo(m, err=True)))
+    chosen = choose(measured=doc)
+    doc["default"] = {"backend": chosen.backend, "precision": chosen.precision, "reason": chosen.reason}
+    if as_json:
+        click.echo(json.dumps(doc, indent=1))
+        return
+    click.echo(f"{'backend':<12} {'precision':<9} {'img/s':>7} {'query ms':>8} {'min cos img':>11} "
+               f"{'min cos txt':>11} {'top-10':>6}  result")
+    for row in doc["variants"]:
+        click.echo(f"{row['backend']:<12} {row['precision']:<9} {row['images_per_s']:>7.1f} {row['text_ms']:>8.2f} "
+                   f"{row['min_cos_image']:>11.5f} {row['min_cos_text']:>11.5f} {row['top10_overlap']:>6.3f}  "
+                   f"{'passed' if row['passed'] else 'failed'}")
+    click.echo(f"default from now on: {chosen} ({chosen.reason})")
 
 
 @models.command("info")

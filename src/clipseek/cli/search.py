@@ -12,6 +12,7 @@ from .. import paths
 from ..collection import Collection
 from ..models import DEFAULT_MODEL, get_spec, load_model
 from ..models.registry import LOCAL_DIR_PREFIX
+from .options import runtime_options
 
 collection_option = click.option(
     "--collection", "collection_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -31,10 +32,9 @@ def collection_path(value: Path | None) -> Path:
 @click.option("--batch-size", default=32, show_default=True, help="Images per inference batch.")
 @click.option("--workers", default=None, type=int, help="Decoding threads [default: number of CPUs].")
 @click.option("--threads", default=None, type=int, help="Inference threads [default: number of CPUs].")
-@click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
-              help="int8 is ~2.5x faster for ViT models; see bench/README.md for its accuracy.")
+@runtime_options
 def index_command(paths_: tuple[Path, ...], collection_dir: Path | None, model: str, batch_size: int,
-                  workers: int | None, threads: int | None, precision: str) -> None:
+                  workers: int | None, threads: int | None, backend: str, precision: str, device: str) -> None:
     """Index the images under PATH... (recursively) into the collection.
 
     \b
@@ -46,7 +46,8 @@ def index_command(paths_: tuple[Path, ...], collection_dir: Path | None, model: 
     from ..indexer import Indexer
     from .progress import reporter
 
-    encoder = load_model(model, threads=threads, precision=precision, batch_size=batch_size)  # type: ignore[arg-type]
+    encoder = load_model(model, threads=threads, backend=backend, precision=precision, device=device,
+                         batch_size=batch_size)
     update, close = reporter("indexing")
     with Collection.open(collection_path(collection_dir), create=True) as coll:
         report = Indexer(coll, encoder, workers=workers, batch_size=batch_size, progress=update).run(paths_)
@@ -100,8 +101,9 @@ def hyperlink(path: str) -> str:
 @click.option("--model", default=None, help="Model whose vectors to search [default: the collection's].")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON (for scripts).")
 @collection_option
+@runtime_options
 def search_command(text: str | None, image: Path | None, k: int, model: str | None, as_json: bool,
-                   collection_dir: Path | None) -> None:
+                   collection_dir: Path | None, backend: str, precision: str, device: str) -> None:
     """Find the images that best match TEXT (or --image FILE).
 
     \b
@@ -112,7 +114,7 @@ def search_command(text: str | None, image: Path | None, k: int, model: str | No
         raise click.UsageError("give a TEXT to search for, or --image FILE (not both)")
     with Collection.open(collection_path(collection_dir), readonly=True) as coll:
         field, model_name = pick_field(coll, model)
-        encoder = load_model(model_name)
+        encoder = load_model(model_name, backend=backend, precision=precision, device=device)
         vector = encoder.embed_texts([text])[0] if text is not None else encoder.embed_images([image or Path()])[0]
         result = coll.search(vector, field=field, hits=k, model=encoder.image_ref)
     if as_json:

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from ..models import DEFAULT_MODEL
+from .options import runtime_options
 from .search import collection_option, collection_path
 
 
@@ -22,8 +23,7 @@ from .search import collection_option, collection_path
               help="Model the page and the native API (/api/) use when a request names none.")
 @click.option("--token", envvar="CLIPSEEK_TOKEN", show_envvar=True, default=None,
               help="Require 'Authorization: Bearer TOKEN' on every request.")
-@click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
-              help="Text encoder precision for input= queries; int8 is ~3x faster (see bench/README.md).")
+@runtime_options
 @click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
               help="Also answer requests addressed to NAME (a host name or address in the Host header; repeatable; "
                    "'*' for any). Without a token only loopback names are answered, which stops web pages from "
@@ -32,7 +32,7 @@ from .search import collection_option, collection_path
               help="Allow binding to a non-loopback address without a token: anyone who can reach the port can "
                    "search, read and change the collection and see the indexed photos. Combine with --allow-host.")
 def serve_command(collection_dir: Path | None, host: str, port: int, default_model: str, token: str | None,
-                  precision: str, allow_hosts: tuple[str, ...], insecure: bool) -> None:
+                  backend: str, precision: str, device: str, allow_hosts: tuple[str, ...], insecure: bool) -> None:
     """Serve Vespa's /search/ and /document/v1/ APIs over the collection.
 
     \b
@@ -69,7 +69,8 @@ def serve_command(collection_dir: Path | None, host: str, port: int, default_mod
     if not (path / "collection.sqlite").exists():
         Collection.create(path).close()
     bound = [] if host in ("0.0.0.0", "::") else [host]
-    app = create_app(path, default_model=default_model, token=token, precision=precision,
+    app = create_app(path, default_model=default_model, token=token,
+                     runtime={"backend": backend, "precision": precision, "device": device},
                      allow_hosts=[*bound, *allow_hosts])
     with app.state.shared.reading() as coll:
         count = len(coll)

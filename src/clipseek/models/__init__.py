@@ -1,16 +1,18 @@
-"""CLIP encoders: the registry of variants, loading (hub → cache → ONNX) and ONNX Runtime inference."""
+"""CLIP encoders: the registry of variants, loading (hub → cache → ONNX) and inference (ONNX Runtime or OpenVINO)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .encoder import Encoder, ImageBatch, OnnxEncoder, Precision, l2_normalize
+from .encoder import Encoder, ImageBatch, OnnxEncoder, OpenVinoEncoder, l2_normalize, open_encoder
 from .loader import fetch_model, resolve
 from .registry import DEFAULT_MODEL, ModelSpec, available_models, get_spec
+from .runtime import Backend, Precision, Runtime, choose
 
 __all__ = [
-    "DEFAULT_MODEL", "Encoder", "ImageBatch", "ModelSpec", "OnnxEncoder", "Precision", "available_models",
-    "fetch_model", "get_spec", "l2_normalize", "load_model", "resolve",
+    "DEFAULT_MODEL", "Backend", "Encoder", "ImageBatch", "ModelSpec", "OnnxEncoder", "OpenVinoEncoder", "Precision",
+    "Runtime", "available_models", "choose", "fetch_model", "get_spec", "l2_normalize", "load_model", "open_encoder",
+    "resolve",
 ]
 
 
@@ -18,14 +20,23 @@ def load_model(
     name: str = DEFAULT_MODEL,
     *,
     threads: int | None = None,
-    precision: Precision = "fp32",
+    precision: str | None = None,
+    backend: str | None = None,
+    device: str | None = None,
     batch_size: int = 32,
     cache: Path | None = None,
     fetch: bool = True,
-) -> OnnxEncoder:
-    """An encoder for ``name`` (registry name, alias, slug or ``local-dir:PATH``), fetched on first use."""
+) -> Encoder:
+    """An encoder for ``name`` (registry name, alias, slug or ``local-dir:PATH``), fetched on first use.
+
+    ``backend``, ``precision`` and ``device`` left as None (or "auto") are chosen by
+    :func:`clipseek.models.runtime.choose` from the environment, what is installed, the CPU and the model's
+    ``clipseek models check`` record."""
+    from .check import read_record
+
     folder = resolve(name, cache=cache, fetch=fetch)
-    encoder = OnnxEncoder(folder, threads=threads, precision=precision, batch_size=batch_size)
+    runtime = choose(backend, precision, device, measured=read_record(folder))
+    encoder = open_encoder(folder, runtime=runtime, threads=threads, batch_size=batch_size)
     if name.startswith("local-dir:"):
         encoder._ref = f"local-dir:{folder.resolve()}"
     return encoder

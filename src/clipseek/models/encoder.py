@@ -2,16 +2,19 @@
 
 :class:`Encoder` does the batching, tokenizing, decoding and normalising; a subclass implements two
 methods on model inputs (:meth:`Encoder._encode_tokens`, :meth:`Encoder._encode_pixels`).
-:class:`OnnxEncoder` runs the exported towers in ONNX Runtime.
+:class:`OnnxEncoder` runs the exported towers in ONNX Runtime, :class:`OpenVinoEncoder` in OpenVINO; which one
+(and at which precision) :func:`open_encoder` decides with :mod:`clipseek.models.runtime`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Literal, Sequence
+from typing import Any, BinaryIO, Sequence
 
 import numpy as np
 from PIL import Image
@@ -21,8 +24,7 @@ from ..tokenizer import get_tokenizer
 from ..transforms import DEFAULT_MAX_PIXELS, ImageInfo, ImageInput, open_image, preprocess
 from . import modeldir
 from .registry import ModelSpec
-
-Precision = Literal["fp32", "int8"]
+from .runtime import Precision, Runtime, choose
 
 
 @dataclass
@@ -43,9 +45,12 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 class Encoder(ABC):
     """Base class: batches inputs and returns L2-normalised ``float32`` arrays ``[n, dim]``."""
 
+    folder: Path  # the exported model folder the towers come from
+
     def __init__(self, spec: ModelSpec, *, batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
                  draft: bool = True) -> None:
         self.spec = spec
+        self.runtime: Runtime | None = None  # set by open_encoder: the backend and precision it runs on
         self._ref: str | None = None
         self.batch_size = batch_size
         self.max_pixels = max_pixels
@@ -140,11 +145,15 @@ def default_threads() -> int:
 class OnnxEncoder(Encoder):
     """Both towers in ONNX Runtime: CPU by default, CUDA when onnxruntime-gpu offers it."""
 
+    backend = "onnxruntime"
+
     def __init__(self, folder: Path, spec: ModelSpec | None = None, *, threads: int | None = None,
                  precision: Precision = "fp32", providers: Sequence[str] | None = None, **kwargs: object) -> None:
         super().__init__(spec or modeldir.read_model_dir_spec(folder), **kwargs)  # type: ignore[arg-type]
         import onnxruntime as ort
 
+        if precision not in ("fp32", "int8"):
+            raise ModelError(f"ONNX Runtime runs fp32 or int8, not {precision!r}: bf16 runs in OpenVINO")
         self.folder = folder
         self.precision = precision
         self.threads = threads or default_threads()
@@ -167,6 +176,87 @@ class OnnxEncoder(Encoder):
 
     def _encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         return np.asarray(self._image.run(None, {self._image_in: pixels})[0])
+
+
+class OpenVinoEncoder(Encoder):
+    """Both towers in OpenVINO on the CPU, at fp32 or bf16 (``INFERENCE_PRECISION_HINT``).
+
+    The towers are compiled from the same ONNX files as :class:`OnnxEncoder` (the text tower keeps its dynamic
+    sequence length, so the early exit at the longest caption still applies), and the compiled models are cached
+    on disk under ``$CLIPSEEK_CACHE/openvino``, keyed by the files' checksums, so the next start skips compiling.
+    An infer request per thread: the server embeds queries from several threads at once."""
+
+    backend = "openvino"
+
+    def __init__(self, folder: Path, spec: ModelSpec | None = None, *, threads: int | None = None,
+                 precision: Precision = "bf16", **kwargs: object) -> None:
+        super().__init__(spec or modeldir.read_model_dir_spec(folder), **kwargs)  # type: ignore[arg-type]
+        import openvino as ov
+
+        if precision not in ("fp32", "bf16"):
+            raise ModelError(f"OpenVINO runs fp32 or bf16 here, not {precision!r}: int8 runs in ONNX Runtime")
+        self.folder = folder
+        self.precision = precision
+        self.threads = threads or default_threads()
+        core = ov.Core()
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+                  "INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        self._compiled = {}
+        for tower in ("text", "image"):
+            path = folder / f"{tower}.onnx"
+            config_t: dict[str, Any] = {**config, "CACHE_DIR": str(openvino_cache_dir(path, precision))}
+            try:
+                self._compiled[tower] = core.compile_model(str(path), "CPU", config_t)
+            except RuntimeError as exc:
+                raise ModelError(f"OpenVINO could not compile {path} ({str(exc).strip().splitlines()[0]}): "
+                                 "use --backend onnxruntime") from exc
+        self._local = threading.local()
+
+    def _request(self, tower: str) -> Any:
+        requests = self._local.__dict__.setdefault("requests", {})
+        if tower not in requests:
+            requests[tower] = self._compiled[tower].create_infer_request()
+        return requests[tower]
+
+    def _encode_tokens(self, tokens: np.ndarray) -> np.ndarray:
+        return np.array(self._request("text").infer([tokens], share_inputs=True, share_outputs=True)[0])
+
+    def _encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        return np.array(self._request("image").infer([pixels], share_inputs=True, share_outputs=True)[0])
+
+
+def openvino_cache_dir(onnx: Path, precision: str) -> Path:
+    """Where OpenVINO keeps ``onnx`` compiled: keyed by the file's checksum (from the manifest when it has one,
+    so a start reads no 350 MB file to hash it) and the precision, so a re-exported model is never served stale."""
+    from .. import paths
+
+    try:
+        digest = modeldir.read_manifest(onnx.parent).get("files", {}).get(onnx.name)
+    except ModelError:
+        digest = None
+    if digest is None:
+        st = onnx.stat()
+        digest = hashlib.sha256(f"{onnx.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
+    return paths.cache_dir() / "openvino" / f"{digest[:24]}-{precision}"
+
+
+def open_encoder(folder: Path, spec: ModelSpec | None = None, *, runtime: Runtime | None = None,
+                 threads: int | None = None, **kwargs: Any) -> Encoder:
+    """The encoder for an exported model folder on ``runtime`` (chosen automatically when None)."""
+    if runtime is None:
+        from .check import read_record
+
+        runtime = choose(measured=read_record(folder))
+    encoder: OnnxEncoder | OpenVinoEncoder
+    if runtime.backend == "openvino":
+        encoder = OpenVinoEncoder(folder, spec, threads=threads, precision=runtime.precision, **kwargs)
+    else:
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if runtime.device == "cuda" else \
+            ["CPUExecutionProvider"]
+        encoder = OnnxEncoder(folder, spec, threads=threads, precision=runtime.precision, providers=providers,
+                              **kwargs)
+    encoder.runtime = runtime
+    return encoder
 
 
 def tower_path(folder: Path, tower: str, precision: Precision) -> Path:

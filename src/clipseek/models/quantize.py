@@ -25,8 +25,13 @@ def quantize_int8(fp32: Path, out: Path) -> Path:
     without VNNI (AVX2, and AVX-512 before Cascade Lake) ONNX Runtime's u8·s8 kernels add pairs of products in
     saturating 16-bit lanes, and 8-bit weights overflow them (a random-init ViT-B/32 image vector fell to
     cos 0.9896 to fp32 on an AVX2 EPYC); 7 bits cannot."""
+    import logging
+
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))  # quantize_dynamic warns on the root logger to pre-process first
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=out.parent)
     os.close(fd)
@@ -35,6 +40,7 @@ def quantize_int8(fp32: Path, out: Path) -> Path:
                          op_types_to_quantize=["MatMul"])
         os.replace(tmp, out)
     finally:
+        root.setLevel(level)
         if os.path.exists(tmp):
             os.unlink(tmp)
     return out

@@ -9,7 +9,7 @@ import threading
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator, Sequence, TypeVar
+from typing import Any, AsyncIterator, Callable, Iterator, Mapping, Sequence, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -52,8 +52,13 @@ def search_error(code: int, message: str, status: int) -> Response:
 class Encoders:
     """Text encoders by model name, loaded once, shared by requests."""
 
-    def __init__(self, loader: Callable[[str], Encoder] | None = None, precision: str = "fp32") -> None:
-        self._loader = loader or (lambda name: load_model(name, precision=precision))  # type: ignore[arg-type]
+    def __init__(self, loader: Callable[[str], Encoder] | None = None, runtime: Mapping[str, str] | None = None
+                 ) -> None:
+        """``runtime``: backend/precision/device for :func:`load_model` (unset or "auto": chosen per model)."""
+        options = dict(runtime or {})
+        self._loader = loader or (lambda name: load_model(name, backend=options.get("backend"),
+                                                          precision=options.get("precision"),
+                                                          device=options.get("device")))
         self._cache: dict[str, Encoder] = {}
         self._lock = threading.Lock()
 
@@ -179,14 +184,15 @@ def whole(params: Any, name: str, default: int, low: int, high: int) -> int:
 
 
 def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
-               default_model: str = "ViT-B/32", token: str | None = None, precision: str = "fp32",
+               default_model: str = "ViT-B/32", token: str | None = None,
+               runtime: Mapping[str, str] | None = None,
                allow_hosts: Sequence[str] = (), idle_seconds: float = 20.0, janitor_seconds: float = 2.0) -> Starlette:
     """The app serving the collection at ``path``; ``encoders(model)`` gives the text encoder for ``input=``.
 
     With ``token``, every route needs ``Authorization: Bearer <token>`` (or ``?token=``). Without one, only
     requests addressed to a loopback name or one of ``allow_hosts`` ("*" for any) are answered (see
     :mod:`clipseek.server.guard`)."""
-    encoder_for, default_model = tuned_text_model(encoders or Encoders(precision=precision), default_model)
+    encoder_for, default_model = tuned_text_model(encoders or Encoders(runtime=runtime), default_model)
     shared = Shared(path, idle_seconds=idle_seconds)
     source = "clipseek"
 
