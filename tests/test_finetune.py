@@ -206,6 +206,30 @@ def test_defaults_lift_tiny_on_a_fresh_shifted_set_and_keep_the_original(tuned, 
     assert r_at_1(tuned_model, original) >= r_at_1(base, original) - 0.05
 
 
+# ------------------------------------------------------------------------------------------------ full mode
+
+def test_full_mode_trains_both_towers_into_a_field_of_its_own(tuned, tmp_path):
+    base, _, _ = tuned
+    result = finetune(base / "train", "tiny", tmp_path / "full",
+                      FinetuneConfig(mode="full", epochs=2, batch_size=64, lr=3e-4, wise_alpha=1.0), progress=False)
+    manifest = json.loads((result.out / "clipseek.json").read_text())
+    spec, record = manifest["spec"], manifest["finetune"]
+    assert spec["slug"].startswith("tiny_ft_") and spec["image_model"] is None
+    assert record["mode"] == "full" and record["export_parity_cos"] >= 0.9999
+    assert record["epoch_losses"][-1] < record["epoch_losses"][0]
+    tuned_model = load_model(f"local-dir:{result.out}")
+    gallery = synth.write_dataset(tmp_path / "g", 40, seed=5160, variant="shifted")
+    paths = sorted((gallery / "images").iterdir())
+    moved = np.sum(tuned_model.embed_images(paths) * load_model("tiny").embed_images(paths), axis=1)
+    assert moved.min() < 0.99  # the image tower was trained, not copied
+    # A collection indexed with the base gains the tuned model's own field: every image is embedded again.
+    coll = tmp_path / "c"
+    cli("index", str(gallery / "images"), "--collection", str(coll), "--model", "tiny", tmp=tmp_path)
+    again = cli("index", str(gallery / "images"), "--collection", str(coll), "--model", f"local-dir:{result.out}",
+                tmp=tmp_path)
+    assert "40 indexed" in again.stdout, again.stdout
+
+
 # ------------------------------------------------------------------------------------------------ resume
 
 def test_a_run_killed_mid_way_continues_to_the_same_model(tmp_path):

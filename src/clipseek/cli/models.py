@@ -67,14 +67,16 @@ def check(name: str, threads: int | None, as_json: bool) -> None:
     The reference is ONNX Runtime fp32, the towers as exported. Each other
     variant this machine can run (OpenVINO fp32, OpenVINO bf16 where the CPU
     has AVX512_BF16 or AMX, ONNX Runtime int8) embeds a calibration set of
-    128 rendered scenes and 256 captions, and passes when every vector has
-    cosine >= 0.995 to fp32's and text->image search keeps >= 90% of fp32's
-    top 10 on average.
+    128 rendered scenes and 256 captions. A tower passes when every vector
+    it makes has cosine >= 0.9995 to fp32's and text->image search keeps
+    >= 90% of fp32's top 10 on average.
 
     \b
-    With --precision auto (the default everywhere), clipseek then runs the
-    fastest variant that passed. Without a check it uses bf16 where the CPU
-    has it and fp32 otherwise, and never int8. `clipseek models fetch` runs
+    Each tower is judged and timed on its own. With --precision auto (the
+    default everywhere), clipseek then runs each tower on the fastest
+    variant that passed for it; a less exact variant must be 10% faster.
+    Without a check it uses bf16 where the CPU has it and fp32 otherwise,
+    and never int8. `clipseek models fetch` runs
     this check. The record lives under $CLIPSEEK_CACHE/checks.
     """
     from ..models import resolve
@@ -89,18 +91,21 @@ def _check(folder: Path, *, threads: int | None, as_json: bool) -> None:
     from ..models.runtime import choose
 
     doc = check_model(folder, threads=threads, say=(lambda m: None) if as_json else (lambda m: click.echo(m, err=True)))
-    chosen = choose(measured=doc)
-    doc["default"] = {"backend": chosen.backend, "precision": chosen.precision, "reason": chosen.reason}
+    chosen = {t: choose(measured=doc, tower=t) for t in ("image", "text")}
+    doc["default"] = {t: {"backend": r.backend, "precision": r.precision, "reason": r.reason}
+                      for t, r in chosen.items()}
     if as_json:
         click.echo(json.dumps(doc, indent=1))
         return
-    click.echo(f"{'backend':<12} {'precision':<9} {'img/s':>7} {'query ms':>8} {'min cos img':>11} "
-               f"{'min cos txt':>11} {'top-10':>6}  result")
+    mark = {True: "ok", False: "FAIL"}
+    click.echo(f"{'backend':<12} {'precision':<9} | {'img/s':>7} {'min cos':>8} {'top-10':>6} {'':4} | "
+               f"{'query ms':>8} {'min cos':>8} {'top-10':>6}")
     for row in doc["variants"]:
-        click.echo(f"{row['backend']:<12} {row['precision']:<9} {row['images_per_s']:>7.1f} {row['text_ms']:>8.2f} "
-                   f"{row['min_cos_image']:>11.5f} {row['min_cos_text']:>11.5f} {row['top10_overlap']:>6.3f}  "
-                   f"{'passed' if row['passed'] else 'failed'}")
-    click.echo(f"default from now on: {chosen} ({chosen.reason})")
+        click.echo(f"{row['backend']:<12} {row['precision']:<9} | {row['images_per_s']:>7.1f} "
+                   f"{row['min_cos_image']:>8.5f} {row['top10_overlap_image']:>6.3f} {mark[row['image_passed']]:<4} | "
+                   f"{row['text_ms']:>8.2f} {row['min_cos_text']:>8.5f} {row['top10_overlap_text']:>6.3f} "
+                   f"{mark[row['text_passed']]}")
+    click.echo(f"default from now on: images on {chosen['image']}, text on {chosen['text']}")
 
 
 @models.command("info")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .encoder import Encoder, ImageBatch, OnnxEncoder, OpenVinoEncoder, l2_normalize, open_encoder
+from .encoder import TOWERS, Encoder, ImageBatch, OnnxEncoder, OpenVinoEncoder, l2_normalize, open_encoder
 from .loader import fetch_model, resolve
 from .registry import DEFAULT_MODEL, ModelSpec, available_models, get_spec
 from .runtime import Backend, Precision, Runtime, choose
@@ -26,7 +26,7 @@ def load_model(
     batch_size: int = 32,
     cache: Path | None = None,
     fetch: bool = True,
-) -> Encoder:
+) -> OnnxEncoder:
     """An encoder for ``name`` (registry name, alias, slug or ``local-dir:PATH``), fetched on first use.
 
     ``backend``, ``precision`` and ``device`` left as None (or "auto") are chosen by
@@ -35,8 +35,9 @@ def load_model(
     from .check import read_record
 
     folder = resolve(name, cache=cache, fetch=fetch)
-    runtime = choose(backend, precision, device, measured=read_record(folder))
-    encoder = open_encoder(folder, runtime=runtime, threads=threads, batch_size=batch_size)
+    measured = read_record(folder)
+    runtimes = {t: choose(backend, precision, device, measured=measured, tower=t) for t in TOWERS}
+    encoder = open_encoder(folder, runtime=runtimes, threads=threads, batch_size=batch_size)
     if name.startswith("local-dir:"):
         encoder._ref = f"local-dir:{folder.resolve()}"
     return encoder

@@ -3,15 +3,18 @@ and how fast each runs on *this* machine; the record decides the default precisi
 
 The reference is ONNX Runtime fp32 (the towers as exported). Every other variant this machine can run (OpenVINO
 fp32 and bf16, ONNX Runtime int8) embeds the same calibration set: scenes rendered by :mod:`clipseek.synth`
-from a fixed seed (no photo ships with the package), at the model's own image size, and their captions. A
-variant passes when
+from a fixed seed (no photo ships with the package), at the model's own image size, and their captions. Each
+tower is judged on its own, since a precision may suit one and not the other. A variant's image tower passes
+when
 
-* every image vector and every caption vector has cosine ≥ :data:`MIN_COS` to fp32's, and
-* text → image search agrees: on average ≥ :data:`MIN_OVERLAP` of fp32's top 10 images are in the variant's
-  top 10, caption by caption.
+* every image vector has cosine ≥ :data:`MIN_COS` to fp32's, and
+* text → image search with fp32 captions keeps, on average, ≥ :data:`MIN_OVERLAP` of fp32's top 10 images;
 
-With no precision asked for, clipseek runs the fastest variant that passed (by image throughput, measured here
-on a batch of the calibration images); without a record it never picks int8. The record is kept under
+its text tower likewise, with every caption vector and fp32 images.
+
+With no precision asked for, clipseek runs each tower on the fastest variant that passed for it (image
+throughput on a batch of the calibration images; one query's latency for text), a less exact variant needing to
+be 10 % faster; without a record it never picks int8. The record is kept under
 ``$CLIPSEEK_CACHE/checks``, keyed by the towers' checksums and this CPU, and is written by ``clipseek models
 check`` and by ``clipseek models fetch``.
 """
@@ -32,7 +35,7 @@ from ..errors import ModelError
 from . import modeldir
 from .runtime import Runtime, cpu_has_bf16, openvino_available
 
-MIN_COS = 0.995
+MIN_COS = 0.9995  # the issue's bar for the default: bf16 measured 0.99994, int8 images 0.9998 on ViT-B/32
 MIN_OVERLAP = 0.9
 CALIBRATION_IMAGES = 128
 CALIBRATION_SEED = 20261129
@@ -126,19 +129,19 @@ def check_model(folder: Path, *, threads: int | None = None, say: Callable[[str]
                                "text_ms": round(query * 1000, 3)}
         if reference is None:
             reference = (image, text, _top(text, image))
-            row.update(min_cos_image=1.0, min_cos_text=1.0, top10_overlap=1.0, passed=True)
-        else:
-            ref_image, ref_text, ref_top = reference
-            cos_i = float(np.min(np.sum(image * ref_image, axis=1)))
-            cos_t = float(np.min(np.sum(text * ref_text, axis=1)))
-            top = _top(text, image)
-            overlap = float(np.mean([len(set(a) & set(b)) / TOP for a, b in zip(ref_top, top)]))
-            row.update(min_cos_image=round(cos_i, 6), min_cos_text=round(cos_t, 6), top10_overlap=round(overlap, 4),
-                       passed=bool(cos_i >= MIN_COS and cos_t >= MIN_COS and overlap >= MIN_OVERLAP))
+        ref_image, ref_text, ref_top = reference
+        cos_i = float(np.min(np.sum(image * ref_image, axis=1)))
+        cos_t = float(np.min(np.sum(text * ref_text, axis=1)))
+        overlap_i = _overlap(ref_top, _top(ref_text, image))
+        overlap_t = _overlap(ref_top, _top(text, ref_image))
+        row.update(min_cos_image=round(cos_i, 6), top10_overlap_image=round(overlap_i, 4),
+                   image_passed=bool(cos_i >= MIN_COS and overlap_i >= MIN_OVERLAP),
+                   min_cos_text=round(cos_t, 6), top10_overlap_text=round(overlap_t, 4),
+                   text_passed=bool(cos_t >= MIN_COS and overlap_t >= MIN_OVERLAP))
         rows.append(row)
-        say(f"  {runtime}: {row['images_per_s']:.1f} img/s, one query {row['text_ms']:.1f} ms, "
-            f"min cos image {row['min_cos_image']:.5f} text {row['min_cos_text']:.5f}, "
-            f"top-10 overlap {row['top10_overlap']:.3f} → {'passed' if row['passed'] else 'FAILED'}")
+        say(f"  {runtime}: images {row['images_per_s']:.1f}/s, min cos {cos_i:.5f}, top-10 kept {overlap_i:.3f} "
+            f"→ {'passed' if row['image_passed'] else 'failed'}; one query {row['text_ms']:.2f} ms, min cos "
+            f"{cos_t:.5f}, top-10 kept {overlap_t:.3f} → {'passed' if row['text_passed'] else 'failed'}")
     doc = {"model": spec.name, "folder": str(folder), "machine": _machine(), "thresholds":
            {"min_cos": MIN_COS, "top10_overlap": MIN_OVERLAP}, "calibration": {"images": len(pil_images),
            "captions": len(texts), "seed": CALIBRATION_SEED}, "variants": rows,
@@ -156,6 +159,10 @@ def _timed(fn: Callable[[], object]) -> float:
     started = time.perf_counter()
     fn()
     return time.perf_counter() - started
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean([len(set(x) & set(y)) / len(x) for x, y in zip(a.tolist(), b.tolist())]))
 
 
 def _top(text: np.ndarray, image: np.ndarray) -> np.ndarray:

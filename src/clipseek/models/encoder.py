@@ -50,7 +50,6 @@ class Encoder(ABC):
     def __init__(self, spec: ModelSpec, *, batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
                  draft: bool = True) -> None:
         self.spec = spec
-        self.runtime: Runtime | None = None  # set by open_encoder: the backend and precision it runs on
         self._ref: str | None = None
         self.batch_size = batch_size
         self.max_pixels = max_pixels
@@ -142,87 +141,102 @@ def default_threads() -> int:
     return int(env) if env else (os.cpu_count() or 1)
 
 
-class OnnxEncoder(Encoder):
-    """Both towers in ONNX Runtime: CPU by default, CUDA when onnxruntime-gpu offers it."""
+TOWERS = ("text", "image")
 
-    backend = "onnxruntime"
+
+class OnnxEncoder(Encoder):
+    """Both exported towers (``text.onnx``, ``image.onnx``), each run on its own :class:`Runtime`.
+
+    A tower runs in ONNX Runtime (fp32, int8; CUDA with onnxruntime-gpu) or in OpenVINO (fp32, bf16); the two
+    towers may differ, so that a check which passes int8 for the image tower only speeds indexing up without
+    touching query vectors. ``precision``/``providers`` alone mean ONNX Runtime for both, as before."""
 
     def __init__(self, folder: Path, spec: ModelSpec | None = None, *, threads: int | None = None,
-                 precision: Precision = "fp32", providers: Sequence[str] | None = None, **kwargs: object) -> None:
+                 precision: Precision = "fp32", providers: Sequence[str] | None = None,
+                 runtimes: dict[str, Runtime] | None = None, **kwargs: object) -> None:
         super().__init__(spec or modeldir.read_model_dir_spec(folder), **kwargs)  # type: ignore[arg-type]
-        import onnxruntime as ort
-
-        if precision not in ("fp32", "int8"):
-            raise ModelError(f"ONNX Runtime runs fp32 or int8, not {precision!r}: bf16 runs in OpenVINO")
         self.folder = folder
-        self.precision = precision
         self.threads = threads or default_threads()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        available = ort.get_available_providers()
-        self.providers = list(providers) if providers else [
-            p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available
-        ]
-        self._text = ort.InferenceSession(str(tower_path(folder, "text", precision)), options, providers=self.providers)
-        self._image = ort.InferenceSession(str(tower_path(folder, "image", precision)), options,
-                                           providers=self.providers)
-        self._text_in = self._text.get_inputs()[0].name
-        self._image_in = self._image.get_inputs()[0].name
+        self.runtimes = runtimes or {t: Runtime("onnxruntime", precision) for t in TOWERS}
+        self._run = {t: self._open(t, self.runtimes[t], providers) for t in TOWERS}
+
+    @property
+    def precision(self) -> str:
+        """The precision of both towers, or ``text/image`` when they differ."""
+        text, image = self.runtimes["text"].precision, self.runtimes["image"].precision
+        return text if text == image else f"{text}/{image}"
+
+    def describe(self) -> str:
+        text, image = self.runtimes["text"], self.runtimes["image"]
+        return str(text) if text == image else f"text: {text}; images: {image}"
+
+    def _open(self, tower: str, runtime: Runtime, providers: Sequence[str] | None) -> Any:
+        if runtime.backend == "openvino":
+            return _openvino_tower(self.folder / f"{tower}.onnx", runtime.precision, self.threads)
+        if providers is None and runtime.device == "cuda":
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return _onnxruntime_tower(tower_path(self.folder, tower, runtime.precision), self.threads, providers)
 
     def _encode_tokens(self, tokens: np.ndarray) -> np.ndarray:
-        return np.asarray(self._text.run(None, {self._text_in: tokens})[0])
+        return np.asarray(self._run["text"](tokens))
 
     def _encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        return np.asarray(self._image.run(None, {self._image_in: pixels})[0])
+        return np.asarray(self._run["image"](pixels))
 
 
-class OpenVinoEncoder(Encoder):
-    """Both towers in OpenVINO on the CPU, at fp32 or bf16 (``INFERENCE_PRECISION_HINT``).
-
-    The towers are compiled from the same ONNX files as :class:`OnnxEncoder` (the text tower keeps its dynamic
-    sequence length, so the early exit at the longest caption still applies), and the compiled models are cached
-    on disk under ``$CLIPSEEK_CACHE/openvino``, keyed by the files' checksums, so the next start skips compiling.
-    An infer request per thread: the server embeds queries from several threads at once."""
-
-    backend = "openvino"
+class OpenVinoEncoder(OnnxEncoder):
+    """Both towers in OpenVINO on the CPU, at fp32 or bf16."""
 
     def __init__(self, folder: Path, spec: ModelSpec | None = None, *, threads: int | None = None,
                  precision: Precision = "bf16", **kwargs: object) -> None:
-        super().__init__(spec or modeldir.read_model_dir_spec(folder), **kwargs)  # type: ignore[arg-type]
-        import openvino as ov
+        super().__init__(folder, spec, threads=threads,
+                         runtimes={t: Runtime("openvino", precision) for t in TOWERS}, **kwargs)  # type: ignore[arg-type]
 
-        if precision not in ("fp32", "bf16"):
-            raise ModelError(f"OpenVINO runs fp32 or bf16 here, not {precision!r}: int8 runs in ONNX Runtime")
-        self.folder = folder
-        self.precision = precision
-        self.threads = threads or default_threads()
-        core = ov.Core()
-        config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-                  "INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
-        self._compiled = {}
-        for tower in ("text", "image"):
-            path = folder / f"{tower}.onnx"
-            config_t: dict[str, Any] = {**config, "CACHE_DIR": str(openvino_cache_dir(path, precision))}
-            try:
-                self._compiled[tower] = core.compile_model(str(path), "CPU", config_t)
-            except RuntimeError as exc:
-                raise ModelError(f"OpenVINO could not compile {path} ({str(exc).strip().splitlines()[0]}): "
-                                 "use --backend onnxruntime") from exc
-        self._local = threading.local()
 
-    def _request(self, tower: str) -> Any:
-        requests = self._local.__dict__.setdefault("requests", {})
-        if tower not in requests:
-            requests[tower] = self._compiled[tower].create_infer_request()
-        return requests[tower]
+def _onnxruntime_tower(path: Path, threads: int, providers: Sequence[str] | None) -> Any:
+    import onnxruntime as ort
 
-    def _encode_tokens(self, tokens: np.ndarray) -> np.ndarray:
-        return np.array(self._request("text").infer([tokens], share_inputs=True, share_outputs=True)[0])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    available = ort.get_available_providers()
+    chosen = list(providers) if providers else [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                                               if p in available]
+    session = ort.InferenceSession(str(path), options, providers=chosen)
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})[0]  # InferenceSession.run is thread-safe
 
-    def _encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        return np.array(self._request("image").infer([pixels], share_inputs=True, share_outputs=True)[0])
+
+def _openvino_tower(path: Path, precision: str, threads: int) -> Any:
+    """A tower compiled by OpenVINO's CPU plugin (``INFERENCE_PRECISION_HINT`` f32 or bf16).
+
+    Compiled from the same ONNX file as ONNX Runtime reads (the text tower keeps its dynamic sequence length, so
+    the early exit at the longest caption still applies), and cached on disk under ``$CLIPSEEK_CACHE/openvino``,
+    keyed by the file's checksum, so the next start skips compiling. One infer request per thread: the server
+    embeds queries from several threads at once."""
+    import openvino as ov
+
+    if precision not in ("fp32", "bf16"):
+        raise ModelError(f"OpenVINO runs fp32 or bf16 here, not {precision!r}: int8 runs in ONNX Runtime")
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+                              "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+                              "CACHE_DIR": str(openvino_cache_dir(path, precision))}
+    try:
+        compiled = ov.Core().compile_model(str(path), "CPU", config)
+    except RuntimeError as exc:
+        raise ModelError(f"OpenVINO could not compile {path} ({str(exc).strip().splitlines()[0]}): "
+                         "use --backend onnxruntime") from exc
+    local = threading.local()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        request = getattr(local, "request", None)
+        if request is None:
+            request = local.request = compiled.create_infer_request()
+        return np.array(request.infer([x], share_inputs=True, share_outputs=True)[0])
+
+    run.compiled = compiled  # type: ignore[attr-defined]
+    return run
 
 
 def openvino_cache_dir(onnx: Path, precision: str) -> Path:
@@ -240,23 +254,20 @@ def openvino_cache_dir(onnx: Path, precision: str) -> Path:
     return paths.cache_dir() / "openvino" / f"{digest[:24]}-{precision}"
 
 
-def open_encoder(folder: Path, spec: ModelSpec | None = None, *, runtime: Runtime | None = None,
-                 threads: int | None = None, **kwargs: Any) -> Encoder:
-    """The encoder for an exported model folder on ``runtime`` (chosen automatically when None)."""
+def open_encoder(folder: Path, spec: ModelSpec | None = None, *, runtime: Runtime | dict[str, Runtime] | None = None,
+                 threads: int | None = None, **kwargs: Any) -> OnnxEncoder:
+    """The encoder for an exported model folder: one ``runtime`` for both towers, one per tower
+    (``{"text": ..., "image": ...}``), or None to choose each tower's automatically."""
     if runtime is None:
         from .check import read_record
 
-        runtime = choose(measured=read_record(folder))
-    encoder: OnnxEncoder | OpenVinoEncoder
-    if runtime.backend == "openvino":
-        encoder = OpenVinoEncoder(folder, spec, threads=threads, precision=runtime.precision, **kwargs)
+        measured = read_record(folder)
+        runtimes = {t: choose(measured=measured, tower=t) for t in TOWERS}
+    elif isinstance(runtime, Runtime):
+        runtimes = {t: runtime for t in TOWERS}
     else:
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if runtime.device == "cuda" else \
-            ["CPUExecutionProvider"]
-        encoder = OnnxEncoder(folder, spec, threads=threads, precision=runtime.precision, providers=providers,
-                              **kwargs)
-    encoder.runtime = runtime
-    return encoder
+        runtimes = dict(runtime)
+    return OnnxEncoder(folder, spec, threads=threads, runtimes=runtimes, **kwargs)
 
 
 def tower_path(folder: Path, tower: str, precision: Precision) -> Path:

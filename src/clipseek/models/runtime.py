@@ -89,8 +89,9 @@ def _pick(value: str | None, env: str, allowed: tuple[str, ...], what: str) -> s
 
 
 def choose(backend: str | None = None, precision: str | None = None, device: str | None = None,
-           measured: Mapping[str, Any] | None = None) -> Runtime:
-    """Resolve ``auto`` (None) parts; ``measured`` is the record ``clipseek models check`` wrote for the model."""
+           measured: Mapping[str, Any] | None = None, tower: str = "image") -> Runtime:
+    """Resolve ``auto`` (None) parts for one tower (``text`` or ``image``); ``measured`` is the record
+    ``clipseek models check`` wrote for the model, which judges and times each tower on its own."""
     b = _pick(backend, "CLIPSEEK_BACKEND", BACKENDS, "backend")
     p = _pick(precision, "CLIPSEEK_PRECISION", PRECISIONS, "precision")
     d = _pick(device, "CLIPSEEK_DEVICE", DEVICES, "device") or "cpu"
@@ -124,9 +125,9 @@ def choose(backend: str | None = None, precision: str | None = None, device: str
                        "asked for fp32")
     # precision auto: the fastest precision the model's own check passed, within the backend asked for
     if measured:
-        best = fastest_passing(measured, backend=cast("Backend | None", b))
+        best = fastest_passing(measured, backend=cast("Backend | None", b), tower=tower)
         if best is not None:
-            return Runtime(best[0], best[1], "cpu", f"fastest that passed `clipseek models check` ({best[2]:.1f} img/s)")
+            return Runtime(best[0], best[1], "cpu", f"the fastest {tower} tower that passed `clipseek models check`")
     if b != "onnxruntime" and openvino_available():
         if cpu_has_bf16():
             return Runtime("openvino", "bf16", "cpu", "OpenVINO is installed and the CPU has bf16")
@@ -139,21 +140,25 @@ MARGIN = 1.10  # a variant further from fp32 must be at least this much faster t
 _EXACTNESS = {"fp32": 0, "bf16": 1, "int8": 2}
 
 
-def fastest_passing(measured: Mapping[str, Any], backend: Backend | None = None
-                    ) -> tuple[Backend, Precision, float] | None:
-    """From a ``clipseek models check`` record: the (backend, precision, img/s) that passed and ran fastest.
+def fastest_passing(measured: Mapping[str, Any], backend: Backend | None = None, tower: str = "image"
+                    ) -> tuple[Backend, Precision] | None:
+    """From a ``clipseek models check`` record: the (backend, precision) whose ``tower`` passed and ran fastest
+    (images per second for the image tower, one query's milliseconds for the text tower).
 
     Rows are taken from the most exact (ONNX Runtime fp32, the reference) on; a later row replaces the pick
     only when it is at least :data:`MARGIN` times faster, so noise in one timing never trades accuracy away."""
-    rows = [r for r in measured.get("variants", []) if r.get("passed") and (backend is None or r["backend"] == backend)
-            and r.get("device", "cpu") == "cpu"]
+    rows = [r for r in measured.get("variants", []) if r.get(f"{tower}_passed")
+            and (backend is None or r["backend"] == backend) and r.get("device", "cpu") == "cpu"]
     rows = [r for r in rows if r["backend"] != "openvino" or openvino_available()]
     rows = [r for r in rows if r["precision"] != "bf16" or cpu_has_bf16()]
     if not rows:
         return None
     rows.sort(key=lambda r: (_EXACTNESS.get(r["precision"], 9), r["backend"] != "onnxruntime"))
+    def speed(row: Mapping[str, Any]) -> float:
+        return float(row["images_per_s"]) if tower == "image" else 1.0 / float(row["text_ms"])
+
     best = rows[0]
     for row in rows[1:]:
-        if row["images_per_s"] >= best["images_per_s"] * MARGIN:
+        if speed(row) >= speed(best) * MARGIN:
             best = row
-    return best["backend"], best["precision"], float(best["images_per_s"])
+    return best["backend"], best["precision"]
