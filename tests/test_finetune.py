@@ -28,7 +28,7 @@ from .conftest import need_module
 torch = need_module("torch")
 need_module("open_clip")
 
-from clipseek.finetune import FinetuneConfig, FinetuneError, contrastive_loss, finetune  # noqa: E402
+from clipseek.finetune import FinetuneConfig, FinetuneError, contrastive_loss, epoch_batches, finetune  # noqa: E402
 
 TINY_DIR = Path(load_model("tiny").folder)
 QUICK = FinetuneConfig(epochs=3, batch_size=64, lr=3e-4)
@@ -86,6 +86,25 @@ def test_a_captions_own_image_is_never_its_negative():
 
 
 # ------------------------------------------------------------------------------------------------ the domain
+
+def test_an_epoch_uses_each_caption_once_in_batches_of_like_length(flickr):
+    from clipseek.tokenizer import get_tokenizer
+
+    tokenizer = get_tokenizer(77)
+    captions = [line.split("\t", 1)[1] for line in (flickr / "captions.txt").read_text().splitlines()[:20000]]
+    lengths = tokenizer.lengths(tokenizer(captions))
+    batches = epoch_batches(lengths, 128, np.random.default_rng([7, 0]))
+    flat = np.concatenate(batches)
+    assert len(batches) == len(captions) // 128 and all(len(b) == 128 for b in batches)
+    assert len(set(flat.tolist())) == len(flat)  # nobody twice
+    again = epoch_batches(lengths, 128, np.random.default_rng([7, 0]))
+    assert all((a == b).all() for a, b in zip(batches, again))  # the seed decides (resume relies on it)
+    assert not all((a == b).all() for a, b in zip(batches, epoch_batches(lengths, 128, np.random.default_rng([7, 1]))))
+    random_max = np.mean([lengths[b].max() for b in np.array_split(np.random.default_rng(0).permutation(
+        len(captions))[: len(flat)], len(batches))])
+    assert np.mean([lengths[b].max() for b in batches]) < 0.7 * random_max  # what the text tower runs to
+    assert [len(b) for b in epoch_batches(lengths[:50], 128, np.random.default_rng(0))] == [50]
+
 
 def test_the_shifted_register_shares_no_attribute_word_and_names_one_image():
     original = {*synth.SHAPES, *synth.COLOURS, *synth.BACKGROUNDS, *synth.SIZES, *synth.POSITIONS,

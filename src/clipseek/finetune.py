@@ -49,6 +49,7 @@ MODES = ("text", "full")
 MIN_PAIRS = 50
 ALPHAS = tuple(round(a / 10, 1) for a in range(11))
 ALPHA_TOLERANCE = 0.01
+BUCKET_BATCHES = 32
 PARITY_MIN_COS = 0.9999
 CHECKPOINT = "checkpoint.pt"
 TEXT_TRAINABLE = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection",
@@ -343,6 +344,7 @@ def finetune(data: Path | PairData, base: str, out: Path, config: FinetuneConfig
     train_image = images["train"][0]
     rows = np.asarray([r for r, _ in pairs.train.pairs])
     captions = [c for _, c in pairs.train.pairs]
+    lengths = tokenizer.lengths(tokenizer(captions))
     epoch_seconds: list[float] = []
     from tqdm import tqdm
 
@@ -352,14 +354,13 @@ def finetune(data: Path | PairData, base: str, out: Path, config: FinetuneConfig
         for epoch in range(start_epoch, config.epochs):
             started = time.perf_counter()
             model.train()
-            order = np.random.default_rng([config.seed, epoch]).permutation(len(captions))
+            batches = epoch_batches(lengths, config.batch_size, np.random.default_rng([config.seed, epoch]))
             running = 0.0
-            for i in range(steps_per_epoch):
+            for i, idx in enumerate(batches):
                 step = epoch * steps_per_epoch + i
                 lr = config.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
                 for group in opt.param_groups:
                     group["lr"] = lr * group["scale"]
-                idx = order[i * config.batch_size:(i + 1) * config.batch_size]
                 tokens = tokenizer([captions[j] for j in idx])
                 tokens = tokens[:, : int(tokenizer.lengths(tokens).max())]  # exact for a causal text tower
                 text = encode_text(torch.from_numpy(tokens).to(device))
@@ -375,7 +376,7 @@ def finetune(data: Path | PairData, base: str, out: Path, config: FinetuneConfig
                 running += loss.item()
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-            losses.append(running / steps_per_epoch)
+            losses.append(running / len(batches))
             epoch_seconds.append(time.perf_counter() - started)
             model.eval()
             _save_checkpoint(work, key, epoch + 1, model, opt, losses, config.mode, torch)
@@ -437,6 +438,26 @@ def finetune(data: Path | PairData, base: str, out: Path, config: FinetuneConfig
     return FinetuneResult(out, alpha, curve, before, after, losses,
                           float(np.mean(epoch_seconds)) if epoch_seconds else 0.0, start_epoch, parity,
                           dict(pairs.dropped), failed)
+
+
+def epoch_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch's batches of caption indices: shuffled, then sorted by token length within runs of
+    :data:`BUCKET_BATCHES` batches, cut into batches, and the batches shuffled; partial batches are dropped.
+
+    The text tower runs only up to a batch's longest caption (exact, it is causal), so a batch of similar
+    lengths costs what its captions need: on Flickr8k a random batch of 128 runs to 28 tokens, the mean caption
+    is 14, and a step's cost grows with the length. Sorting within a run of batches, not globally, keeps the
+    batches' make-up (their negatives) random beyond length."""
+    order = rng.permutation(len(lengths))
+    run = batch_size * BUCKET_BATCHES
+    batches = []
+    for start in range(0, len(order), run):
+        part = order[start:start + run]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[i:i + batch_size] for i in range(0, len(part) - batch_size + 1, batch_size)]
+    if not batches:  # fewer captions than one batch: they are the batch
+        return [order]
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def _tuned_spec(spec: ModelSpec, base_ref: str, config: FinetuneConfig, out: Path, key: dict[str, Any]) -> ModelSpec:
