@@ -1,10 +1,16 @@
-"""Indexing speed, side by side in one run: end-to-end `Indexer` vs the encoder alone on pre-decoded tensors.
+"""Indexing speed, side by side in one run: end-to-end `Indexer` vs the encoder alone on pre-decoded tensors,
+and the default against open_clip eager end to end.
 
-    .venv/bin/python bench/index.py [--limit 6824] [--precision fp32]
+    .venv/bin/python bench/index.py [--limit 6824] [--backend auto] [--precision auto] [--vs-eager] [--check]
 
-1. The Flickr8k JPEGs in ../shared/data/flickr8k/images with the ViT-B/32 architecture (random weights).
-2. 50 generated 4000x3000 JPEGs (draft decoding on).
-3. A re-run over the unchanged Flickr8k files.
+ViT-B/32 architecture, random weights (none can be downloaded here). ``--check`` runs `clipseek models check`
+on the export first, as `clipseek models fetch` does, so that ``auto`` is what a user gets after a fetch.
+
+1. ``--vs-eager``: the Flickr8k JPEGs, interleaved in 4 chunks: open_clip eager fp32 end to end (PIL decode,
+   open_clip's own preprocess, encode_image, batch 32) against `Indexer` with the chosen runtime.
+2. The Flickr8k JPEGs in ../shared/data/flickr8k/images: end to end vs encoder only.
+3. 50 generated 4000x3000 JPEGs (draft decoding on).
+4. A re-run over the unchanged Flickr8k files.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ import torch
 
 from clipseek.collection import Collection
 from clipseek.indexer import Indexer
-from clipseek.models import OnnxEncoder, get_spec
+from clipseek.models import OnnxEncoder, TOWERS, choose, get_spec, open_encoder
+from clipseek.models.check import check_model, read_record
 from clipseek.models.loader import export_model
 
 FLICKR = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k" / "images"
@@ -48,17 +55,65 @@ def end_to_end(enc: OnnxEncoder, folder: Path, workdir: Path) -> tuple[float, fl
     return report.indexed / first, rerun, report.indexed
 
 
+def versus_eager(clip, enc: OnnxEncoder, files: list[Path], work: Path, chunks: int = 4) -> None:
+    """open_clip eager fp32 end to end against `Indexer` on the same files, interleaved chunk by chunk."""
+    from PIL import Image
+
+    _, _, transform = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
+    times = {"eager": 0.0, "clipseek": 0.0}
+    size = -(-len(files) // chunks)
+    ref, got = [], {}
+    for c in range(chunks):
+        part = files[c * size:(c + 1) * size]
+        start = time.perf_counter()
+        with torch.no_grad():
+            for i in range(0, len(part), 32):
+                batch = torch.stack([transform(Image.open(f).convert("RGB")) for f in part[i:i + 32]])
+                out = clip.encode_image(batch)
+                ref.append((out / out.norm(dim=-1, keepdim=True)).numpy())
+        times["eager"] += time.perf_counter() - start
+        folder = work / f"chunk{c}"
+        folder.mkdir()
+        for f in part:
+            (folder / f.name).symlink_to(f)
+        start = time.perf_counter()
+        with Collection.create(work / f"cc{c}") as coll:
+            Indexer(coll, enc).run([folder])
+        times["clipseek"] += time.perf_counter() - start
+        with Collection.open(work / f"cc{c}", readonly=True) as coll:
+            for doc in coll.iter_documents():
+                got[Path(doc.path or "").name] = doc.vectors[enc.spec.field_name]
+    eager_rate, rate = len(files) / times["eager"], len(files) / times["clipseek"]
+    cos = np.sum(np.concatenate(ref) * np.stack([got[f.name] for f in files]), axis=1)
+    print(f"Flickr8k {len(files)} JPEGs end to end, 4 interleaved chunks: open_clip eager fp32 {eager_rate:.1f} img/s, "
+          f"clipseek ({enc.describe()}) {rate:.1f} img/s = {rate / eager_rate:.2f}x; cos to eager: min "
+          f"{cos.min():.6f}, mean {cos.mean():.6f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--limit", type=int, default=0, help="index only the first N Flickr8k files (0 = all)")
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "int8"])
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--vs-eager", action="store_true", help="open_clip eager end to end against the default")
+    ap.add_argument("--check", action="store_true", help="run `clipseek models check` on the export first")
+    ap.add_argument("--only-vs-eager", action="store_true")
     args = ap.parse_args()
     spec = get_spec("ViT-B/32")
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp())
-    folder = export_model(open_clip.create_model(spec.arch, pretrained=None, force_quick_gelu=True), spec, work / "m")
-    enc = OnnxEncoder(folder, precision=args.precision)
+    clip = open_clip.create_model(spec.arch, pretrained=None, force_quick_gelu=True).eval()
+    folder = export_model(clip, spec, work / "m")
+    if args.check:
+        check_model(folder, say=print)
+    measured = read_record(folder)
+    enc = open_encoder(folder, runtime={t: choose(args.backend, args.precision, measured=measured, tower=t)
+                                        for t in TOWERS})
     files = sorted(FLICKR.glob("*.jpg"))
+    if args.vs_eager or args.only_vs_eager:
+        versus_eager(clip, enc, files[: args.limit or None], work)
+        if args.only_vs_eager:
+            return
     if args.limit:
         subset = work / "flickr"
         subset.mkdir()
@@ -68,7 +123,7 @@ def main() -> None:
         files = files[: args.limit]
     else:
         source = FLICKR
-    print(f"ViT-B/32 random init, {args.precision}, threads={enc.threads}")
+    print(f"ViT-B/32 random init, {enc.describe()}, threads={enc.threads}")
     base = encoder_only(enc, files[:320])
     rate, rerun, n = end_to_end(enc, source, work)
     print(f"Flickr8k ({n} JPEGs, 224x224): encoder only {base:.1f} img/s, end to end {rate:.1f} img/s "

@@ -1,6 +1,7 @@
 """`clipseek serve` under load: text queries over HTTP against a 200k-document collection, 1 and 16 clients.
 
-    .venv/bin/python bench/serve.py [--n 200000] [--seconds 30] [--precision fp32 int8]
+    .venv/bin/python bench/serve.py [--n 200000] [--seconds 30] [--runtime auto onnxruntime:fp32 onnxruntime:int8]
+                                    [--clients 1 16]
 
 ViT-B/32 architecture at random init encodes the text (the server's own tokenizer and ONNX tower); the image
 vectors are random, clustered. Each request is `GET /search/?input=<a Flickr8k caption>&hits=10`, the seed's
@@ -89,21 +90,24 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--seconds", type=float, default=30)
-    ap.add_argument("--precision", nargs="+", default=["fp32", "int8"])
+    ap.add_argument("--runtime", nargs="+", default=["auto", "onnxruntime:fp32", "onnxruntime:int8"],
+                    help="BACKEND:PRECISION for the server's text encoder, or auto (what `clipseek serve` picks)")
+    ap.add_argument("--clients", nargs="+", type=int, default=[1, 16])
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp())
     t = time.perf_counter()
     coll_dir, cache = build(args.n, work)
     print(f"built {args.n} documents + HNSW in {time.perf_counter() - t:.0f} s")
     queries = [line.split("\t", 1)[1] for line in CAPTIONS.read_text(encoding="utf-8").splitlines()[:5000]]
-    print(f"{'precision':<9} {'clients':>7} {'p50 ms':>7} {'p99 ms':>7} {'QPS':>7} {'errors':>6}")
-    for precision in args.precision:
+    print(f"{'runtime':<18} {'clients':>7} {'p50 ms':>7} {'p99 ms':>7} {'QPS':>7} {'errors':>6}")
+    for runtime in args.runtime:
+        backend, _, precision = runtime.partition(":") if runtime != "auto" else ("auto", "", "auto")
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         env = dict(os.environ, CLIPSEEK_CACHE=str(cache), CLIPSEEK_HOME=str(work / "home"))
         server = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "clipseek.cli", "serve", "--collection", str(coll_dir),
-                                   "--port", str(port), "--precision", precision], env=env,
+                                   "--port", str(port), "--backend", backend, "--precision", precision], env=env,
                                   stderr=subprocess.DEVNULL)
         try:
             for _ in range(300):
@@ -116,10 +120,10 @@ def main() -> None:
                     time.sleep(0.2)
             if server.poll() is not None:
                 raise SystemExit(f"the server exited with status {server.returncode}")
-            for clients in (1, 16):
+            for clients in args.clients:
                 lat, errors = load(port, queries, clients, args.seconds)
                 lat.sort()
-                print(f"{precision:<9} {clients:>7} {statistics.median(lat) * 1000:7.2f} "
+                print(f"{runtime:<18} {clients:>7} {statistics.median(lat) * 1000:7.2f} "
                       f"{lat[int(len(lat) * 0.99)] * 1000:7.2f} {len(lat) / args.seconds:7.1f} {errors:>6}")
         finally:
             server.terminate()
