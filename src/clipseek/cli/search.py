@@ -48,6 +48,7 @@ def index_command(paths_: tuple[Path, ...], collection_dir: Path | None, model: 
 
     encoder = load_model(model, threads=threads, backend=backend, precision=precision, device=device,
                          batch_size=batch_size)
+    click.echo(f"{encoder.name} on {encoder.describe()}", err=True)
     update, close = reporter("indexing")
     with Collection.open(collection_path(collection_dir), create=True) as coll:
         report = Indexer(coll, encoder, workers=workers, batch_size=batch_size, progress=update).run(paths_)
