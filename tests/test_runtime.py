@@ -95,7 +95,10 @@ def test_bf16_where_the_cpu_has_it_and_a_clear_refusal_where_not():
 
 
 def test_the_automatic_choice_and_its_overrides(monkeypatch):
-    assert choose() == Runtime("openvino", "bf16" if cpu_has_bf16() else "fp32", "cpu", choose().reason)
+    want = ("openvino", "bf16") if cpu_has_bf16() else ("onnxruntime", "fp32")
+    assert (choose().backend, choose().precision) == want
+    assert (choose(backend="openvino").backend, choose(backend="openvino").precision) == \
+        ("openvino", "bf16" if cpu_has_bf16() else "fp32")
     assert choose(backend="onnxruntime").backend == "onnxruntime"
     assert choose(precision="int8") == Runtime("onnxruntime", "int8", "cpu", "asked for")
     monkeypatch.setenv("CLIPSEEK_BACKEND", "onnxruntime")

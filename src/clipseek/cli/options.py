@@ -27,6 +27,8 @@ def runtime_options(fn: F) -> F:
     )(fn)
     fn = click.option(
         "--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", envvar="CLIPSEEK_BACKEND",
-        show_envvar=True, help="Inference engine. auto: OpenVINO where installed, else ONNX Runtime.",
+        show_envvar=True,
+        help="Inference engine. auto: what `clipseek models check` found fastest; unchecked, OpenVINO where the CPU "
+             "has bf16, else ONNX Runtime.",
     )(fn)
     return fn

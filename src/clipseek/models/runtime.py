@@ -9,8 +9,8 @@ precision      ``fp32``; ``bf16`` (OpenVINO, on CPUs with AVX512_BF16 or AMX: fp
 device         ``cpu``, or ``cuda`` (ONNX Runtime's CUDA execution provider, from onnxruntime-gpu)
 =============  ==================================================================================
 
-The automatic choice on a CPU: OpenVINO where it is installed, at bf16 where the CPU has bf16 instructions,
-else at fp32; ONNX Runtime fp32 where OpenVINO is missing. ``int8`` is never chosen blindly: only when
+The automatic choice on a CPU: OpenVINO bf16 where it is installed and the CPU has bf16 instructions, else
+ONNX Runtime fp32 (on an AVX2 CPU it ran ViT-B/32 faster than OpenVINO fp32: bench/README.md). ``int8`` is never chosen blindly: only when
 ``clipseek models check`` recorded, for these very model files, that int8 agrees with fp32 (see
 :mod:`clipseek.models.check`) and that it was the fastest precision that did.
 
@@ -121,8 +121,7 @@ def choose(backend: str | None = None, precision: str | None = None, device: str
             raise ModelError("int8 runs in ONNX Runtime: use --backend onnxruntime (or another precision)")
         return Runtime("onnxruntime", "int8", "cpu", "asked for")
     if p == "fp32":
-        return Runtime(cast(Backend, b or ("openvino" if openvino_available() else "onnxruntime")), "fp32", "cpu",
-                       "asked for fp32")
+        return Runtime(cast(Backend, b or "onnxruntime"), "fp32", "cpu", "asked for fp32")
     # precision auto: the fastest precision the model's own check passed, within the backend asked for
     if measured:
         best = fastest_passing(measured, backend=cast("Backend | None", b), tower=tower)
@@ -131,9 +130,11 @@ def choose(backend: str | None = None, precision: str | None = None, device: str
     if b != "onnxruntime" and openvino_available():
         if cpu_has_bf16():
             return Runtime("openvino", "bf16", "cpu", "OpenVINO is installed and the CPU has bf16")
-        return Runtime("openvino", "fp32", "cpu", "OpenVINO is installed; the CPU has no bf16")
-    return Runtime("onnxruntime", "fp32", "cpu",
-                   "asked for onnxruntime" if b == "onnxruntime" else "OpenVINO is not installed")
+        if b == "openvino":
+            return Runtime("openvino", "fp32", "cpu", "asked for openvino; the CPU has no bf16")
+    # fp32 without bf16: ONNX Runtime, which ran ViT-B/32 faster than OpenVINO fp32 on an AVX2 CPU (bench/README)
+    return Runtime("onnxruntime", "fp32", "cpu", "asked for onnxruntime" if b == "onnxruntime" else
+                   "the CPU has no bf16" if openvino_available() else "OpenVINO is not installed")
 
 
 MARGIN = 1.10  # a variant further from fp32 must be at least this much faster to be preferred (timings are noisy)
