@@ -85,6 +85,12 @@ def test_the_compiled_model_cache_is_keyed_by_the_files(isolated_dirs):
     assert dirs == sorted(f"{files[t][:24]}-fp32" for t in ("text.onnx", "image.onnx"))
 
 
+def test_bf16_read_from_the_cpu_flags_agrees_with_openvino():
+    import openvino as ov
+
+    assert cpu_has_bf16() == ("BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
 def test_bf16_where_the_cpu_has_it_and_a_clear_refusal_where_not():
     if cpu_has_bf16():
         assert choose(precision="bf16").backend == "openvino" and choose().precision == "bf16"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Literal, Mapping, cast
 
 from ..errors import ModelError
@@ -50,19 +51,27 @@ class Runtime:
 
 @lru_cache(maxsize=1)
 def openvino_available() -> bool:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether OpenVINO is installed, without importing it (an import costs ~0.5 s of a one-off search)."""
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
 
 
 @lru_cache(maxsize=1)
 def cpu_has_bf16() -> bool:
-    """True when OpenVINO's CPU plugin can run bf16 natively (it reports BF16 among its capabilities only on
-    CPUs with AVX512_BF16 or AMX)."""
+    """True when OpenVINO can run bf16 natively: CPUs with AVX512_BF16 or AMX. On Linux read from the kernel's
+    CPU flags (no OpenVINO import); elsewhere OpenVINO's CPU plugin is asked (it lists BF16 among its
+    capabilities only on such CPUs)."""
     if not openvino_available():
         return False
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")),
+                     None)
+    except OSError:
+        flags = None
+    if flags is not None:
+        words = set(flags.split(":", 1)[1].split())
+        return bool(words & {"avx512_bf16", "amx_bf16"})
     import openvino as ov
 
     try:
