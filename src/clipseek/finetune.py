@@ -573,7 +573,7 @@ def _image_vectors(model: Any, side: np.ndarray, mode: str, device: Any, torch: 
     out = []
     with torch.no_grad():
         for i in range(0, len(side), 128):
-            v = model.encode_image(torch.from_numpy(np.asarray(side[i:i + 128])).to(device))
+            v = model.encode_image(torch.from_numpy(np.array(side[i:i + 128])).to(device))
             out.append(torch.nn.functional.normalize(v, dim=-1).float().cpu().numpy())
     return np.concatenate(out)
 
