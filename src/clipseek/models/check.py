@@ -33,7 +33,7 @@ import numpy as np
 from .. import paths
 from ..errors import ModelError
 from . import modeldir
-from .runtime import Runtime, cpu_has_bf16, openvino_available
+from .runtime import Runtime, cpu_has_bf16, cpuinfo, openvino_available
 
 MIN_COS = 0.9995  # the bar for the default: bf16 measured 0.99994, int8 images 0.9998 on ViT-B/32
 MIN_OVERLAP = 0.9
@@ -43,15 +43,7 @@ TOP = 10
 
 
 def _machine() -> str:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.machine()} {cpu or platform.processor()} bf16={cpu_has_bf16()}"
+    return f"{platform.machine()} {cpuinfo().get('model name') or platform.processor()} bf16={cpu_has_bf16()}"
 
 
 def record_path(folder: Path) -> Path | None:

@@ -58,20 +58,30 @@ def openvino_available() -> bool:
 
 
 @lru_cache(maxsize=1)
+def cpuinfo() -> dict[str, str]:
+    """The first CPU's fields from Linux's /proc/cpuinfo (``model name``, ``flags``, …); empty elsewhere."""
+    out: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            out[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return out
+
+
+@lru_cache(maxsize=1)
 def cpu_has_bf16() -> bool:
     """True when OpenVINO can run bf16 natively: CPUs with AVX512_BF16 or AMX. On Linux read from the kernel's
     CPU flags (no OpenVINO import); elsewhere OpenVINO's CPU plugin is asked (it lists BF16 among its
     capabilities only on such CPUs)."""
     if not openvino_available():
         return False
-    try:
-        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")),
-                     None)
-    except OSError:
-        flags = None
+    flags = cpuinfo().get("flags")
     if flags is not None:
-        words = set(flags.split(":", 1)[1].split())
-        return bool(words & {"avx512_bf16", "amx_bf16"})
+        return bool(set(flags.split()) & {"avx512_bf16", "amx_bf16"})
     import openvino as ov
 
     try:
