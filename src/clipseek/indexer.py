@@ -129,6 +129,19 @@ def walk(roots: Iterable[Path], skip: Iterable[Path] = (), extensions: set[str] 
             stack.extend(reversed(subdirs))
 
 
+def read_image_file(raw: bytes) -> tuple[bytes | None, str | None]:
+    """(the file's bytes, None), or (None, why it cannot be indexed) — the reasons every failure report uses."""
+    try:
+        with open(raw, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        return None, ("vanished before it could be read" if isinstance(exc, FileNotFoundError) else
+                      f"cannot read: {exc.strerror}")
+    if not data:
+        return None, "empty file (0 bytes)"
+    return data, None
+
+
 @dataclass
 class _Prepared:
     raw: bytes
@@ -218,17 +231,10 @@ class Indexer:
 
     def _prepare(self, raw: bytes, st: os.stat_result) -> _Prepared:
         item = _Prepared(raw, st)
-        try:
-            with open(raw, "rb") as fh:
-                data = fh.read()
-            item.content_hash = hashlib.sha256(data).hexdigest()
-        except OSError as exc:
-            item.error = "vanished before it could be read" if isinstance(exc, FileNotFoundError) else \
-                f"cannot read: {exc.strerror}"
+        data, item.error = read_image_file(raw)
+        if data is None:
             return item
-        if not data:
-            item.error = "empty file (0 bytes)"
-            return item
+        item.content_hash = hashlib.sha256(data).hexdigest()
         try:
             img, info = self.encoder.load(io.BytesIO(data), name=display_path(raw))
             item.width, item.height, item.format = info.width, info.height, info.format
