@@ -22,7 +22,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml requirements/test.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements/test.txt -e '.[export,dev,vespa]'
+	$(BIN)/python -m pip install -q -r requirements/test.txt -e '.[export,dev,vespa,ray]'
 	touch $@
 
 clean:

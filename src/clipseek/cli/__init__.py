@@ -62,6 +62,7 @@ def _register() -> None:
     from .check import check_command
     from .data import synth_command, train_tiny_command
     from .demo import demo_command
+    from .embed import embed_command, import_command
     from .evaluate import eval_command
     from .finetune import finetune_command
     from .models import models
@@ -80,6 +81,8 @@ def _register() -> None:
     main.add_command(synth_command)
     main.add_command(train_tiny_command)
     main.add_command(finetune_command)
+    main.add_command(embed_command)
+    main.add_command(import_command)
 
 
 _register()
