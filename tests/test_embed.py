@@ -1,4 +1,5 @@
-"""`clipseek embed` (here and on a real local Ray cluster), its shards and `clipseek import`: vectors equal to the indexer's, exact-once across killed workers and drivers."""
+"""`clipseek embed` (here and on a real local Ray cluster), its shards, `clipseek import` and
+`clipseek vespa feed --from`: vectors equal to the indexer's, exact-once across killed workers and drivers."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from clipseek.models import get_spec
 from clipseek.shards import ShardSet
 
 from .conftest import need_module
-from .serving import env_for
+from .serving import env_for, running_server
 
 need_module("pyarrow")
 ray = need_module("ray")
@@ -242,6 +243,25 @@ def test_killed_worker_and_killed_driver_leave_every_image_exactly_once(gallery,
             ((n, out / n) for n in kept)} == kept
     assert set(rows(out)) == expected_items(gallery)  # rows() fails on any item written twice
     assert not list(out.glob("*.tmp"))
+
+
+def test_vespa_feed_from_shards_writes_what_import_writes(local_shards, tmp_path):
+    need_module("vespa.application")
+    cli("import", str(local_shards), "--collection", str(tmp_path / "imported"))
+    with running_server(tmp_path / "served", tmp_path) as (url, _port):
+        result = run(tmp_path, "vespa", "feed", "--from", str(local_shards), "--url", url)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "48 fed, 0 failed, 3 without a vector" in result.stdout
+    with Collection.open(tmp_path / "imported", readonly=True) as a, \
+            Collection.open(tmp_path / "served", readonly=True) as b:
+        docs_a = {d.docid: d for d in a.iter_documents()}
+        docs_b = {d.docid: d for d in b.iter_documents()}
+        assert docs_a.keys() == docs_b.keys() and len(docs_b) == N_GOOD
+        for docid, da in docs_a.items():
+            db = docs_b[docid]
+            keep = lambda d: {k: v for k, v in d.attributes().items() if k != "indexed_at"}  # noqa: E731
+            assert keep(da) == keep(db)
+            np.testing.assert_array_equal(da.vectors["tiny_image"], db.vectors["tiny_image"])
 
 
 def test_sources_lists_globs_and_file_urls(gallery, local_shards, tmp_path):

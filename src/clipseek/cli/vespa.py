@@ -92,20 +92,39 @@ def deploy_command(app_dir: Path, target: str | None, tenant: str | None, applic
 @vespa_group.command("feed")
 @click.option("--url", required=True, help="Vespa endpoint, e.g. http://localhost:8080 or a Vespa Cloud URL.")
 @collection_option
+@click.option("--from", "shards_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Feed the shards `clipseek embed` wrote to this folder instead of a collection (one shard in "
+                   "memory at a time).")
 @click.option("--cert", type=click.Path(exists=True, dir_okay=False), help="Data-plane certificate (Vespa Cloud).")
 @click.option("--key", type=click.Path(exists=True, dir_okay=False), help="Its private key.")
 @click.option("--token", envvar="VESPA_CLOUD_SECRET_TOKEN", help="Vespa Cloud data-plane token.")
-def feed_command(url: str, collection_dir: Path | None, cert: str | None, key: str | None, token: str | None) -> None:
-    """Feed every document and vector of the collection to URL (re-running is safe: puts are idempotent)."""
-    from ..collection import Collection
-    from ..vespa import feed_collection
+def feed_command(url: str, collection_dir: Path | None, shards_dir: Path | None, cert: str | None, key: str | None,
+                 token: str | None) -> None:
+    """Feed every document and vector of the collection (or of --from shards) to URL.
+
+    Re-running is safe: puts are idempotent. From shards, the documents are the
+    ones `clipseek index` would write (same ids and attributes); items that
+    failed when embedded are counted, not fed.
+    """
     from .progress import reporter
 
     update, close = reporter("feeding")
-    with Collection.open(collection_path(collection_dir), readonly=True) as coll:
-        report = feed_collection(coll, url, cert=cert, key=key, token=token, progress=update)
+    if shards_dir is not None:
+        if collection_dir is not None:
+            raise click.UsageError("give --collection or --from, not both")
+        from ..vespa import feed_shards
+
+        report, skipped = feed_shards(shards_dir, url, cert=cert, key=key, token=token, progress=update)
+    else:
+        from ..collection import Collection
+        from ..vespa import feed_collection
+
+        skipped = 0
+        with Collection.open(collection_path(collection_dir), readonly=True) as coll:
+            report = feed_collection(coll, url, cert=cert, key=key, token=token, progress=update)
     close()
-    click.echo(f"{report.ok} fed, {len(report.failed)} failed")
+    click.echo(f"{report.ok} fed, {len(report.failed)} failed" + (f", {skipped} without a vector (failed when "
+                                                                    "embedded)" if skipped else ""))
     for docid, reason in report.failed[:20]:
         click.echo(f"  failed: {docid}: {reason}", err=True)
     if report.failed:

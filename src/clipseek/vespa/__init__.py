@@ -4,6 +4,6 @@ from __future__ import annotations
 
 from .deploy import deploy_package
 from .export import export_package
-from .feed import feed_collection
+from .feed import feed_collection, feed_shards
 
-__all__ = ["deploy_package", "export_package", "feed_collection"]
+__all__ = ["deploy_package", "export_package", "feed_collection", "feed_shards"]
