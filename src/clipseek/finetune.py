@@ -221,6 +221,20 @@ def _need_torch() -> Any:
     return torch
 
 
+def _torch_installed() -> None:
+    """Raise if torch or open_clip is missing, without importing them (open_clip and torchvision take seconds:
+    a refusal in words should not wait for them)."""
+    import importlib.util
+
+    for name in ("torch", "open_clip"):
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ValueError, ImportError):
+            found = False
+        if not found:
+            raise ExportDependencyError("a fine-tune", "torch and open_clip")
+
+
 def base_torch_model(base: str, spec: ModelSpec, folder: Path, log: Log) -> Any:
     """The base model in torch: shipped weights (``weights.npz``, as the tiny model has) or the registry's."""
     from .models.loader import _load_open_clip, download_weights
@@ -271,26 +285,27 @@ def finetune(data: Path | PairData, base: str, out: Path, config: FinetuneConfig
     weights the base's exported towers were made from.
     """
     say = log or (lambda _m: None)
-    torch = _need_torch()
+    _torch_installed()  # the cheap checks first; torch is imported once the arguments and the data are good
     if config.mode not in MODES:
         raise FinetuneError(f"unknown mode {config.mode!r}: use one of {', '.join(MODES)}")
     if config.epochs < 1 or config.batch_size < 2 or not config.lr > 0:
         raise FinetuneError("epochs must be >= 1, batch size >= 2 and the learning rate > 0")
     if config.wise_alpha is not None and not 0 <= config.wise_alpha <= 1:
         raise FinetuneError(f"the WiSE-FT alpha must be between 0 and 1 (or auto), not {config.wise_alpha}")
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise FinetuneError("--device cuda: torch sees no usable CUDA GPU here (torch.cuda.is_available() is "
-                            "False); run with --device cpu, or install a CUDA build of torch")
     if out.exists() and not force:
         raise FinetuneError(f"{out} already exists: choose another --out, or pass --force to replace it")
     pairs = data if isinstance(data, PairData) else load_pairs(data)
-    torch.set_num_threads(threads or os.cpu_count() or 1)
 
     from .models import load_model
     from .models.loader import resolve
 
     base_encoder = load_model(base, threads=threads)
     base_folder = resolve(base)
+    torch = _need_torch()
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise FinetuneError("--device cuda: torch sees no usable CUDA GPU here (torch.cuda.is_available() is "
+                            "False); run with --device cpu, or install a CUDA build of torch")
+    torch.set_num_threads(threads or os.cpu_count() or 1)
     spec = base_encoder.spec
     work = Path(f"{out}.partial")
     key = {"base": base_encoder.ref, "base_files": modeldir.read_manifest(base_folder).get("files", {}),
