@@ -59,7 +59,7 @@ def embed_command(sources: tuple[str, ...], out: Path, model: str, ray_address: 
       clipseek embed s3://photos/2024/ --out shards/ --ray auto --workers 8 --device cuda
     """
     from ..embed import embed
-    from .progress import reporter
+    from .progress import list_failures, reporter
 
     update, close = reporter("embedding")
     runtime = {"backend": backend, "precision": precision, "device": device}
@@ -68,10 +68,7 @@ def embed_command(sources: tuple[str, ...], out: Path, model: str, ray_address: 
                    say=lambda msg: click.echo(msg, err=True), ray_stats=ray_stats)
     close()
     click.echo(report.summary())
-    for path, reason in report.failed[:50]:
-        click.echo(f"  failed: {path}: {reason}", err=True)
-    if len(report.failed) > 50:
-        click.echo(f"  ... {len(report.failed) - 50} more: the `error` column of the shards lists every one", err=True)
+    list_failures(report.failed, "(the `error` column of the shards lists every one)")
     if report.interrupted:
         sys.exit(130)
 

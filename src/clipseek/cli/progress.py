@@ -43,3 +43,13 @@ def reporter(label: str, *, every: float = 5.0, stream=None) -> tuple[Callable[[
             print(f"{label}: {done}/{total} ({rate:.1f}/s, ETA {eta:.0f}s)", file=out, flush=True)
 
     return plain, lambda: None
+
+
+def list_failures(failed: list[tuple[str, str]], where_the_rest: str, *, limit: int = 50) -> None:
+    """The first ``limit`` failures as ``failed: PATH: reason`` lines on stderr, then where to find the rest."""
+    import click
+
+    for path, reason in failed[:limit]:
+        click.echo(f"  failed: {path}: {reason}", err=True)
+    if len(failed) > limit:
+        click.echo(f"  ... {len(failed) - limit} more {where_the_rest}", err=True)

@@ -44,7 +44,7 @@ def index_command(paths_: tuple[Path, ...], collection_dir: Path | None, model: 
     Formats: JPEG, PNG, WebP, GIF, BMP, TIFF (HEIC/AVIF with pillow-heif/pillow-avif).
     """
     from ..indexer import Indexer
-    from .progress import reporter
+    from .progress import list_failures, reporter
 
     encoder = load_model(model, threads=threads, backend=backend, precision=precision, device=device,
                          batch_size=batch_size)
@@ -54,10 +54,7 @@ def index_command(paths_: tuple[Path, ...], collection_dir: Path | None, model: 
         report = Indexer(coll, encoder, workers=workers, batch_size=batch_size, progress=update).run(paths_)
         close()
         click.echo(report.summary())
-        for path, reason in report.failed[:50]:
-            click.echo(f"  failed: {path}: {reason}", err=True)
-        if len(report.failed) > 50:
-            click.echo(f"  ... {len(report.failed) - 50} more in {coll.path / 'index-failures.log'}", err=True)
+        list_failures(report.failed, f"in {coll.path / 'index-failures.log'}")
     if report.interrupted:
         sys.exit(130)
     if report.indexed + report.unchanged + report.reused == 0 and report.failed:
