@@ -309,6 +309,19 @@ def test_a_shard_folder_of_another_model_is_refused(local_shards, tmp_path):
                       create=True)
 
 
+def test_a_second_run_on_the_same_folder_waits_its_turn(gallery, local_shards):
+    before = sorted(p.name for p in local_shards.iterdir())
+    lock = ShardSet.open(local_shards).lock()  # as a running `clipseek embed` holds it
+    try:
+        result = CliRunner().invoke(main, ["embed", str(gallery / "images"), "--out", str(local_shards),
+                                           "--model", "tiny"])
+    finally:
+        os.close(lock)
+    assert result.exit_code == 1 and f"is being written by pid {os.getpid()}" in result.output, result.output
+    assert sorted(p.name for p in local_shards.iterdir()) == before
+    assert "0 embedded" in cli("embed", str(gallery / "images"), "--out", str(local_shards), "--model", "tiny")
+
+
 def test_ray_missing_says_what_to_install(gallery, tmp_path):
     code = ("import sys; sys.modules['ray'] = None; from clipseek.cli import main; "
             f"main(['embed', {str(gallery / 'images')!r}, '--out', {str(tmp_path / 'o')!r}, '--model', 'tiny', "

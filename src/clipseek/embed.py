@@ -282,7 +282,6 @@ def embed(sources: Sequence[str], out: Path, *, model: str, shard_size: int = 10
     ``ray`` None runs in this process (decoding threads, one encoder); ``"local"`` starts a Ray cluster on this
     machine; anything else is a Ray address (``ray://host:10001``, ``host:6379``, ``auto``). ``ray_stats``
     passes Ray Data's per-stage statistics (decode tasks vs encoder actors) to ``say`` at the end."""
-    from .models import load_model
     from .models.loader import resolve
     from .models.modeldir import read_model_dir_spec
     from .shards import require_pyarrow
@@ -299,6 +298,21 @@ def embed(sources: Sequence[str], out: Path, *, model: str, shard_size: int = 10
     ref = f"local-dir:{folder.resolve()}" if model.startswith("local-dir:") else spec.name
     shards = ShardSet.open(out, model=ref, image_model=spec.image_model or ref, field=spec.field_name,
                            dim=spec.embed_dim, create=True)
+    lock = shards.lock()
+    try:
+        return _embed(shards, items, out, ref=ref, spec=spec, shard_size=shard_size, batch_size=batch_size,
+                      workers=workers, threads=threads, ray=ray, runtime=runtime, progress=progress, say=say,
+                      ray_stats=ray_stats, started=started)
+    finally:
+        os.close(lock)
+
+
+def _embed(shards: ShardSet, items: list[bytes], out: Path, *, ref: str, spec: ModelSpec, shard_size: int,
+           batch_size: int, workers: int | None, threads: int | None, ray: str | None, runtime: dict[str, Any],
+           progress: Callable[[int, int], None] | None, say: Callable[[str], None], ray_stats: bool,
+           started: float) -> EmbedReport:
+    from .models import load_model
+
     report = EmbedReport(listed=len(items))
     todo = plan(shards, items, shard_size)
     report.held = report.listed - sum(len(v) for v in todo.values())
@@ -311,7 +325,7 @@ def embed(sources: Sequence[str], out: Path, *, model: str, shard_size: int = 10
         if not todo:
             pass
         elif ray is None:
-            encoder = load_model(ref, threads=threads, batch_size=batch_size, **runtime)  # type: ignore[arg-type]
+            encoder = load_model(ref, threads=threads, batch_size=batch_size, **runtime)
             say(f"{encoder.name} on {encoder.describe()}")
             _run_here(todo, shards, encoder, workers or max(2, os.cpu_count() or 2), batch_size, update, report)
         else:

@@ -171,6 +171,23 @@ class ShardSet:
         os.replace(tmp, path)
         return cls(folder, manifest)
 
+    def lock(self) -> int:
+        """Hold ``DIR/write.lock`` (flock) for a writing run: a second `clipseek embed` on the same folder would
+        number its shards like this one's and write items twice. Released when the process ends."""
+        import fcntl
+
+        fd = os.open(self.folder / "write.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 100).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ShardError(f"{self.folder} is being written by {holder} (another `clipseek embed`): wait for it "
+                             "to finish, or give this run another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}".encode())
+        return fd
+
     def files(self) -> list[Path]:
         """The complete shards, in order (temporary files of a killed run are removed)."""
         out = []
