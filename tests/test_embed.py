@@ -297,6 +297,11 @@ def test_bad_sources_and_folders_are_refused_in_words(gallery, local_shards, tmp
     assert result.exit_code == 1 and "is not empty and holds no embeddings.json" in result.output
     result = CliRunner().invoke(main, ["import", str(other)])
     assert result.exit_code == 1 and "not a folder of `clipseek embed` shards" in result.output
+    from clipseek.embed import EmbedError
+    with pytest.raises(EmbedError, match="pyarrow cannot open it"):
+        list_sources(["nosuchscheme://bucket/photos/"])
+    with pytest.raises(EmbedError, match="not found"):
+        list_sources([(tmp_path / "gone").as_uri() + "/"])
     pre = Preprocess(get_spec("tiny"))
     row, pixels = prepare(os.fsencode(tmp_path / "vanished.jpg"), pre)
     assert pixels is None and row.error == "vanished before it could be read"

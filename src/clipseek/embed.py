@@ -178,11 +178,12 @@ def _filesystem(url: str) -> tuple[Any, str]:
     from .shards import require_pyarrow
 
     require_pyarrow()
+    import pyarrow as pa
     import pyarrow.fs as pafs
 
     try:
         return pafs.FileSystem.from_uri(url)  # type: ignore[no-any-return]
-    except (pafs.ArrowException if hasattr(pafs, "ArrowException") else Exception, ValueError) as exc:
+    except (pa.ArrowException, ValueError, OSError) as exc:
         raise EmbedError(f"{url}: pyarrow cannot open it ({exc})") from exc
 
 
