@@ -27,10 +27,12 @@ import logging
 import os
 import re
 import time
+import urllib.parse
 import urllib.request
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -126,11 +128,11 @@ def _one_source(source: str, exts: set[str], skip: list[Path]) -> Iterator[bytes
 def _list_entries(name: str, data: bytes, base: str | None) -> Iterator[bytes]:
     """Entries of a list file: lines of a text file, or the ``path``/``url`` column of a Parquet file."""
     if name.lower().endswith(".parquet"):
-        import pyarrow.parquet as pq
-
         from .shards import require_pyarrow
 
         require_pyarrow()
+        import pyarrow.parquet as pq
+
         table = pq.read_table(io.BytesIO(data))
         column = next((c for c in ("path", "url", "uri") if c in table.column_names), None)
         if column is None:
@@ -161,12 +163,12 @@ def _url_source(url: str, exts: set[str]) -> Iterator[bytes]:
     info = fs.get_file_info(where)
     if info.type == pafs.FileType.NotFound:
         raise EmbedError(f"{url}: not found")
-    prefix = url[: len(url) - len(where)] if url.endswith(where) else url.split("://", 1)[0] + "://"
     if info.type == pafs.FileType.Directory:
         listed = fs.get_file_info(pafs.FileSelector(where, recursive=True))
         names = sorted(i.path for i in listed if i.type == pafs.FileType.File and _has_ext(i.path, exts)
                        and not any(part.startswith(".") for part in i.path[len(where):].split("/")))
-        yield from ((prefix + name).encode() for name in names)
+        scheme = url.split("://", 1)[0]
+        yield from (f"{scheme}://{urllib.parse.quote(name)}".encode() for name in names)
     elif url.lower().endswith(LIST_SUFFIXES):
         with fs.open_input_stream(where) as fh:
             yield from _list_entries(url, fh.read(), None)
@@ -175,6 +177,17 @@ def _url_source(url: str, exts: set[str]) -> Iterator[bytes]:
 
 
 def _filesystem(url: str) -> tuple[Any, str]:
+    """(file system, path) for a URL; the file system is made once per scheme and authority (an S3 bucket's
+    region is looked up when it is made), not once per image."""
+    scheme, _, rest = url.partition("://")
+    authority, _, key = rest.partition("/")
+    key, _, query = key.partition("?")
+    fs, base = _store(f"{scheme}://{authority}/" + (f"?{query}" if query else ""))
+    return fs, (f"{base.rstrip('/')}/{urllib.parse.unquote(key)}" if key else base)
+
+
+@lru_cache(maxsize=32)
+def _store(root: str) -> tuple[Any, str]:
     from .shards import require_pyarrow
 
     require_pyarrow()
@@ -182,9 +195,9 @@ def _filesystem(url: str) -> tuple[Any, str]:
     import pyarrow.fs as pafs
 
     try:
-        return pafs.FileSystem.from_uri(url)  # type: ignore[no-any-return]
+        return pafs.FileSystem.from_uri(root)  # type: ignore[no-any-return]
     except (pa.ArrowException, ValueError, OSError) as exc:
-        raise EmbedError(f"{url}: pyarrow cannot open it ({exc})") from exc
+        raise EmbedError(f"{root}: pyarrow cannot open it ({exc})") from exc
 
 
 def _http_get(url: str, timeout: float = 60) -> bytes:
