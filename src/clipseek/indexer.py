@@ -310,7 +310,7 @@ class Indexer:
 
 def _document(it: _Prepared, now: float) -> Document:
     text = display_path(it.raw)
-    extra: dict[str, object] = {"file": file_record(it.raw, it.st)}  # the path's bytes, whatever their encoding
+    extra: dict[str, object] = {"file": file_record(it.raw, it.st.st_size, it.st.st_mtime_ns)}  # the path's bytes, whatever their encoding
     return Document(docid_for(it.raw), image_file_name=os.path.basename(text), path=text, size=it.st.st_size,
                     mtime=it.st.st_mtime, content_hash=it.content_hash, width=it.width, height=it.height,
                     format=it.format, indexed_at=now, extra=extra)

@@ -21,9 +21,9 @@ from typing import Any, Iterable
 FILE_KEY = "file"
 
 
-def file_record(raw: bytes, st: os.stat_result) -> dict[str, Any]:
+def file_record(raw: bytes, size: int, mtime_ns: int) -> dict[str, Any]:
     """What the indexer stores about the file it read (the ``extra["file"]`` of a document)."""
-    return {"path": base64.b64encode(raw).decode("ascii"), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"path": base64.b64encode(raw).decode("ascii"), "size": size, "mtime_ns": mtime_ns}
 
 
 def indexed_file(extra: dict[str, Any]) -> tuple[bytes, int, int] | None:
