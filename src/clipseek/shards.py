@@ -14,8 +14,8 @@ A shard folder holds ``embeddings.json`` (format, model, the model its image vec
     error         string     why the item has no vector (the indexer's reasons), else null
     vector        fixed_size_list<float32>[dim], L2-normalised; null when ``error`` is set
 
-A shard file is written to a temporary name, synced and renamed, so one that exists is complete; leftover
-temporary files are ignored and removed. Every shard also carries the manifest in its Parquet metadata.
+A shard file is written to a temporary name, synced and renamed, so one that exists is complete; temporary
+files are ignored by readers and removed by the next writer (who holds ``write.lock``). Every shard also carries the manifest in its Parquet metadata.
 """
 
 from __future__ import annotations
@@ -186,18 +186,14 @@ class ShardSet:
                              "to finish, or give this run another --out") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()}".encode())
+        for left in self.folder.glob(f"{PREFIX}*{SUFFIX}.tmp"):  # a killed writer's; only the lock holder may
+            left.unlink(missing_ok=True)
         return fd
 
     def files(self) -> list[Path]:
-        """The complete shards, in order (temporary files of a killed run are removed)."""
-        out = []
-        for entry in sorted(self.folder.iterdir()):
-            name = entry.name
-            if name.startswith(PREFIX) and name.endswith(SUFFIX + ".tmp"):
-                entry.unlink(missing_ok=True)
-            elif name.startswith(PREFIX) and name.endswith(SUFFIX) and name[len(PREFIX):-len(SUFFIX)].isdigit():
-                out.append(entry)
-        return out
+        """The complete shards, in order (a shard being written is a temporary file, not listed)."""
+        return [entry for entry in sorted(self.folder.iterdir()) if entry.name.startswith(PREFIX)
+                and entry.name.endswith(SUFFIX) and entry.name[len(PREFIX):-len(SUFFIX)].isdigit()]
 
     def next_number(self) -> int:
         files = self.files()
@@ -287,12 +283,11 @@ def document_for(row: Row, vector: np.ndarray, field: str, now: float) -> Any:
     from .collection import Document
     from .indexer import docid_for
 
+    from .originals import FILE_KEY, file_record
+
     extra: dict[str, Any] = {}
     if row.mtime_ns is not None and row.size is not None:
-        import base64
-
-        extra["file"] = {"path": base64.b64encode(row.path_bytes).decode("ascii"), "size": row.size,
-                         "mtime_ns": row.mtime_ns}
+        extra[FILE_KEY] = file_record(row.path_bytes, row.size, row.mtime_ns)
     name = row.path.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
     return Document(docid_for(row.path_bytes), image_file_name=name, path=row.path, size=row.size,
                     mtime=row.mtime, content_hash=row.content_hash, width=row.width, height=row.height,
