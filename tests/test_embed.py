@@ -227,9 +227,10 @@ def test_killed_worker_and_killed_driver_leave_every_image_exactly_once(gallery,
 
     # 2. the driver killed mid-run: the shards it wrote stay as they are; a re-run completes the rest
     out = tmp_path / "driver"
-    proc = subprocess.Popen([*args, "--out", str(out)], env=slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    slower = {**slow, DELAY_ENV: "0.6"}  # a run of ~15 s: the kill lands mid-run even on a loaded machine
+    proc = subprocess.Popen([*args, "--out", str(out)], env=slower, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    _wait_for(lambda: len(list(out.glob("shard-*.parquet"))) >= 2, "two shards", proc)
+    _wait_for(lambda: len(list(out.glob("shard-*.parquet"))) >= 1, "a first shard", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     kept = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("shard-*.parquet")}
