@@ -25,7 +25,9 @@ def test_lookup_by_alias_slug_and_case():
     assert get_spec("ViT-B-32").name == "ViT-B/32"
     spec = get_spec("RN50x64")
     assert (spec.embed_dim, spec.image_size, spec.field_name) == (1024, 448, "rn50x64_image")
-    assert spec.weights["sha256"] in spec.weights["url"]
+    # the weights: open_clip's safetensors on the hub, where open_clip 3.3's pretrained table points
+    assert spec.weights == {"hf_hub": "timm/resnet50x64_clip.openai", "filename": "open_clip_model.safetensors"}
+    assert spec.tower_config["vision_cfg"]["layers"] == [3, 15, 36, 10]  # the architecture, as data
 
 
 def test_unknown_model_lists_valid_names():

@@ -45,6 +45,9 @@ class ModelSpec:
     # A text-only fine-tune: the model whose image vectors this model's text vectors are trained against. Its
     # image tower is that model's, byte for byte, so it searches (and indexes into) that model's field.
     image_model: str | None = None
+    # The architecture as open_clip's model config writes it (``embed_dim``, ``vision_cfg``, ``text_cfg``): what
+    # the ONNX builder (models/build.py) builds from, so it never guesses a model from its tensor shapes.
+    tower_config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def field_name(self) -> str:
