@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import synth
+from .models.build import COMPACT_TOKEN_IDS
 from .models.registry import ModelSpec, get_spec
 from .tokenizer import get_tokenizer
 from .transforms import preprocess
@@ -161,7 +162,7 @@ def compact_token_embedding(model: Any, keep: set[int]) -> None:
 
 
 WEIGHTS_FILE = "weights.npz"
-TOKEN_IDS = "token_embedding.ids"
+TOKEN_IDS = COMPACT_TOKEN_IDS
 
 
 def save_weights(model: Any, path: Path, token_ids: set[int] | None = None) -> Path:
