@@ -41,16 +41,35 @@ def models(ctx: click.Context, as_json: bool) -> None:
 
 @models.command("fetch")
 @click.argument("name", default=DEFAULT_MODEL)
-@click.option("--skip-check", is_flag=True, help="Do not run `clipseek models check` after exporting.")
-def fetch(name: str, skip_check: bool) -> None:
-    """Download NAME's weights, check them, export both towers to ONNX and cache them.
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Build from this already-downloaded open_clip_model.safetensors instead of downloading.")
+@click.option("--to", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write the model folder here instead of the cache (copy it anywhere; use it as local-dir:DIR).")
+@click.option("--exporter", type=click.Choice(["auto", "builder", "torch"]), default="auto", show_default=True,
+              help="builder: numpy + onnx, no torch; torch: open_clip's model through torch.onnx (needs "
+                   "clipseek[export]); auto: the builder, torch for a model the builder does not implement.")
+@click.option("--skip-check", is_flag=True, help="Do not run `clipseek models check` after building.")
+def fetch(name: str, weights: Path | None, out: Path | None, exporter: str, skip_check: bool) -> None:
+    """Download NAME's weights, build its two ONNX towers, check them and cache them.
 
-    Needs network access and the export extra: pip install 'clipseek[export]'.
-    Copy the resulting folder to an offline machine and use it as local-dir:PATH,
-    or point CLIPSEEK_CACHE at a copy of the cache.
+    \b
+    The weights are the model's open_clip_model.safetensors on the Hugging Face
+    hub (resumed if a download stopped; kept only if its SHA-256 is the one the
+    hub publishes). The towers are built with numpy and onnx: no torch needed.
+    Then the towers run on fixed inputs, and `clipseek models check` measures
+    which backend and precision to use here.
+
+    \b
+      clipseek models fetch ViT-B/32
+      clipseek models fetch RN50 --weights ~/Downloads/open_clip_model.safetensors
+      clipseek models fetch ViT-L/14 --to /media/usb/vit_l_14   # then local-dir:/media/usb/vit_l_14
+
+    Without network, fetch on another machine and copy the cache folder (or
+    the --to folder) here. HF_ENDPOINT picks a hub mirror; HF_TOKEN is sent if set.
     """
     spec = get_spec(name)
-    folder = fetch_model(spec, progress=lambda msg: click.echo(msg, err=True))
+    say = (lambda msg: click.echo(msg, err=True))
+    folder = fetch_model(spec, progress=say, weights=weights, exporter=exporter, out=out)
     if not skip_check:
         _check(folder, threads=None, as_json=False)
     click.echo(str(folder))
