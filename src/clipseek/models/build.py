@@ -289,7 +289,8 @@ class _Graph:
             if output in node.output:
                 node.output[list(node.output).index(output)] = output_info.name
         graph = helper.make_graph(self.nodes, name, inputs, [output_info],
-                                  initializer=[numpy_helper.from_array(v, k) for k, v in self.initializers.items()])
+                                  initializer=[numpy_helper.from_array(self.initializers.pop(k), k)  # each array freed once copied
+                                               for k in list(self.initializers)])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                   producer_name="clipseek", producer_version=_version())
         model.ir_version = IR_VERSION
@@ -478,7 +479,6 @@ def build_towers(state: Mapping[str, np.ndarray], spec: ModelSpec, out_dir: Path
     text_path, image_path = out_dir / "text.onnx", out_dir / "image.onnx"
     for tower, make, path in (("text", text_graph, text_path), ("image", image_graph, image_path)):
         if tower in towers:
-            model = make(state, spec)
-            onnx.checker.check_model(model)
-            onnx.save_model(model, str(path))
+            onnx.save_model(make(state, spec), str(path))  # one tower's graph in memory at a time
+            onnx.checker.check_model(str(path))  # from the file: no second serialised copy in memory
     return text_path, image_path
