@@ -10,6 +10,7 @@ resumes where it stopped.
 from __future__ import annotations
 
 import base64
+import fnmatch
 import hashlib
 import io
 import os
@@ -18,7 +19,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -77,9 +78,22 @@ def docid_for(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()[:20]
 
 
-def walk(roots: Iterable[Path], skip: Iterable[Path] = (), extensions: set[str] | None = None
-         ) -> Iterator[tuple[bytes, os.stat_result]]:
-    """Image files under ``roots`` as (absolute path bytes, stat); follows links once, never loops."""
+def excluded(name: bytes, relative: bytes, patterns: Sequence[str]) -> bool:
+    """Whether a file or folder is left out: hidden (its name starts with a dot), or a pattern matches its name or
+    its path relative to the root being walked (``--exclude 'node_modules'``, ``--exclude '*.tmp'``,
+    ``--exclude 'Archive/2019/*'``)."""
+    if name.startswith(b"."):
+        return True
+    if not patterns:
+        return False
+    texts = (os.fsdecode(name), os.fsdecode(relative))
+    return any(fnmatch.fnmatchcase(t, p) for p in patterns for t in texts)
+
+
+def walk(roots: Iterable[Path], skip: Iterable[Path] = (), extensions: set[str] | None = None,
+         exclude: Sequence[str] = ()) -> Iterator[tuple[bytes, os.stat_result]]:
+    """Image files under ``roots`` as (absolute path bytes, stat); follows links once, never loops; leaves out
+    what :func:`excluded` says."""
     exts = extensions or supported_extensions()
     skip_ids = set()
     for s in skip:
@@ -116,7 +130,7 @@ def walk(roots: Iterable[Path], skip: Iterable[Path] = (), extensions: set[str] 
                 continue
             subdirs = []
             for entry in entries:
-                if entry.name.startswith(b"."):
+                if excluded(entry.name, entry.path[len(raw_root):].lstrip(b"/"), exclude):
                     continue
                 try:
                     if entry.is_dir(follow_symlinks=True):
@@ -154,25 +168,53 @@ class _Prepared:
     error: str | None = None
 
 
+class _Known(NamedTuple):
+    """What the indexer knows of a document: its file's size and mtime when it recorded them, its content hash,
+    whether it has this model's vector, and its path's bytes."""
+
+    size: int | None
+    mtime: float | None
+    content_hash: str | None
+    has_vector: bool
+    raw: bytes | None
+
+
 class Indexer:
-    """Index image folders into ``collection`` with ``encoder``. ``progress(done, total)`` is called as it goes."""
+    """Index image folders into ``collection`` with ``encoder``. ``progress(done, total)`` is called as it goes.
+
+    :meth:`run` reads what the collection holds afresh; :meth:`update` (the watcher's, for a few changed paths at
+    a time) keeps that knowledge from the previous call and what it wrote since, instead of reading every document
+    again for each batch of events."""
 
     def __init__(self, collection: Collection, encoder: Encoder, *, workers: int | None = None,
-                 batch_size: int | None = None, progress: Callable[[int, int], None] | None = None) -> None:
+                 batch_size: int | None = None, progress: Callable[[int, int], None] | None = None,
+                 exclude: Sequence[str] = ()) -> None:
         self.collection = collection
         self.encoder = encoder
         self.workers = workers or max(2, (os.cpu_count() or 2))
         self.batch_size = batch_size or encoder.batch_size
         self.progress = progress or (lambda done, total: None)
+        self.exclude = tuple(exclude)
         self.field = field_for(encoder)
+        self._known: dict[str, _Known] | None = None
         collection.add_field(self.field, encoder.image_ref, encoder.dim)
 
     def run(self, roots: Iterable[Path]) -> IndexReport:
         """Index ``roots``; Ctrl-C stops cleanly at any point with the report so far (committed work is kept)."""
+        self._known = None
+        return self._index([Path(r) for r in roots], register=True)
+
+    def update(self, paths: Iterable[Path]) -> IndexReport:
+        """Index what changed at ``paths`` (files or folders, present or gone) under roots already indexed: new and
+        changed files embedded, moved ones reuse their vectors, vanished ones removed. Paths are not registered
+        as indexed roots."""
+        return self._index([Path(p) for p in paths], register=False)
+
+    def _index(self, roots: list[Path], register: bool) -> IndexReport:
         started = time.perf_counter()
         report = IndexReport()
         try:
-            self._run([Path(r) for r in roots], report)
+            self._run(roots, report, register)
         except KeyboardInterrupt:
             report.interrupted = True
         except DiskFullError as exc:
@@ -186,18 +228,21 @@ class Indexer:
         self._log_failures(report)
         return report
 
-    def _run(self, roots: list[Path], report: IndexReport) -> None:
-        self.collection.add_indexed_roots(os.fsencode(os.path.realpath(r)) for r in roots)
-        existing = self._existing()
-        by_hash = {h: docid for docid, (_, _, h, has) in existing.items() if h and has}
+    def _run(self, roots: list[Path], report: IndexReport, register: bool) -> None:
+        if register:
+            self.collection.add_indexed_roots(os.fsencode(os.path.realpath(r)) for r in roots)
+        if self._known is None:
+            self._known = self._existing()
+        existing = self._known
+        by_hash = {k.content_hash: docid for docid, k in existing.items() if k.content_hash and k.has_vector}
         todo: list[tuple[bytes, os.stat_result]] = []
         present: set[str] = set()
-        for raw, st in walk(roots, skip=[self.collection.path]):
+        for raw, st in walk(roots, skip=[self.collection.path], exclude=self.exclude):
             report.found += 1
             docid = docid_for(raw)
             present.add(docid)
             old = existing.get(docid)
-            if old and old[0] == st.st_size and old[1] == st.st_mtime and old[3]:
+            if old and old.size == st.st_size and old.mtime == st.st_mtime and old.has_vector:
                 report.unchanged += 1
             else:
                 todo.append((raw, st))
@@ -206,26 +251,28 @@ class Indexer:
         # after embedding, so a renamed file could still reuse the vector of its old name
         report.removed = self._remove_missing(roots, present)
 
-    def _existing(self) -> dict[str, tuple[int | None, float | None, str | None, bool]]:
-        """(size, mtime, hash, has this model's vector) by docid; a document without the indexer's record of its
-        file (written by an older clipseek, or through the document API) counts as changed, so it gets one."""
+    def _existing(self) -> dict[str, _Known]:
+        """What every document holds; a document without the indexer's record of its file (written by an older
+        clipseek, or through the document API) has no size here, so it counts as changed and gets one."""
         out = {}
         for doc in self.collection.iter_documents(with_vectors=True):
             size = doc.size if indexed_file(doc.extra) is not None else None
-            out[doc.docid] = (size, doc.mtime, doc.content_hash, self.field in doc.vectors)
+            out[doc.docid] = _Known(size, doc.mtime, doc.content_hash, self.field in doc.vectors, _raw_path(doc))
         return out
 
     def _remove_missing(self, roots: list[Path], present: set[str]) -> int:
         prefixes = [os.fsencode(os.path.abspath(r)) for r in roots]
         removed = 0
-        for doc in self.collection.iter_documents(with_vectors=False):
-            if doc.docid in present:
+        assert self._known is not None
+        for docid, known in list(self._known.items()):
+            raw = known.raw
+            if docid in present or raw is None:
                 continue
-            raw = _raw_path(doc)
-            if raw is None or not any(raw == p or raw.startswith(p.rstrip(b"/") + b"/") for p in prefixes):
+            if not any(raw == p or raw.startswith(p.rstrip(b"/") + b"/") for p in prefixes):
                 continue
             if not os.path.lexists(raw):
-                self.collection.remove(doc.docid)
+                self.collection.remove(docid)
+                del self._known[docid]
                 removed += 1
         return removed
 
@@ -298,6 +345,9 @@ class Indexer:
             for doc in docs:
                 if doc.content_hash:
                     by_hash.setdefault(doc.content_hash, doc.docid)
+                if self._known is not None:
+                    self._known[doc.docid] = _Known(doc.size, doc.mtime, doc.content_hash,
+                                                    self.field in doc.vectors, _raw_path(doc))
 
     def _log_failures(self, report: IndexReport) -> None:
         if not report.failed:
