@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,6 +14,10 @@ from ..collection import Collection
 from ..models import DEFAULT_MODEL, get_spec, load_model
 from ..models.registry import LOCAL_DIR_PREFIX
 from .options import runtime_options
+
+if TYPE_CHECKING:
+    from ..indexer import Indexer
+    from ..watch import FolderWatcher
 
 collection_option = click.option(
     "--collection", "collection_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -32,16 +37,31 @@ def collection_path(value: Path | None) -> Path:
 @click.option("--batch-size", default=32, show_default=True, help="Images per inference batch.")
 @click.option("--workers", default=None, type=int, help="Decoding threads [default: number of CPUs].")
 @click.option("--threads", default=None, type=int, help="Inference threads [default: number of CPUs].")
+@click.option("--exclude", multiple=True, metavar="GLOB",
+              help="Leave out files and folders whose name or path under PATH matches (repeatable): "
+                   "--exclude node_modules --exclude '*.tmp' --exclude 'Archive/2019/*'. Hidden ones always are.")
+@click.option("--watch", is_flag=True, help="After indexing, keep following PATH... as files appear, change, "
+                                            "move or disappear (Ctrl-C to stop).")
+@click.option("--poll", is_flag=True, help="With --watch: scan every 2 s instead of using file events "
+                                           "(chosen by itself on network file systems or when events fail).")
+@click.option("--settle", default=1.0, show_default=True, type=click.FloatRange(0.1, 60),
+              help="With --watch: seconds a file must stay unchanged before it is indexed (not half-copied).")
 @runtime_options
 def index_command(paths_: tuple[Path, ...], collection_dir: Path | None, model: str, batch_size: int,
-                  workers: int | None, threads: int | None, backend: str, precision: str, device: str) -> None:
+                  workers: int | None, threads: int | None, exclude: tuple[str, ...], watch: bool, poll: bool,
+                  settle: float, backend: str, precision: str, device: str) -> None:
     """Index the images under PATH... (recursively) into the collection.
 
     \b
     Re-running is cheap: unchanged files are skipped, renamed or copied files
     reuse their vectors, deleted files leave the collection. Run again with
     --model OTHER to add another model's vectors to the same images.
+    With --watch it keeps running and indexes changes as they happen: a new
+    photo is searchable within seconds of being written completely.
     Formats: JPEG, PNG, WebP, GIF, BMP, TIFF (HEIC/AVIF with pillow-heif/pillow-avif).
+
+    \b
+      clipseek index ~/Pictures --exclude '*/Thumbnails' --watch
     """
     from ..indexer import Indexer
     from .progress import list_failures, reporter
@@ -51,14 +71,51 @@ def index_command(paths_: tuple[Path, ...], collection_dir: Path | None, model: 
     click.echo(f"{encoder.name} on {encoder.describe()}", err=True)
     update, close = reporter("indexing")
     with Collection.open(collection_path(collection_dir), create=True) as coll:
-        report = Indexer(coll, encoder, workers=workers, batch_size=batch_size, progress=update).run(paths_)
+        indexer = Indexer(coll, encoder, workers=workers, batch_size=batch_size, progress=update, exclude=exclude)
+        watcher = None
+        if watch:
+            from ..watch import FolderWatcher
+
+            watcher = FolderWatcher(paths_, lambda changed: None, exclude=exclude, settle=settle, poll=poll,
+                                    say=lambda m: click.echo(m, err=True))
+            watcher.start()  # before the first pass: what is written meanwhile is not missed
+        report = indexer.run(paths_)
         close()
         click.echo(report.summary())
         list_failures(report.failed, f"in {coll.path / 'index-failures.log'}")
+        if watcher is not None and not report.interrupted:
+            _follow(watcher, indexer, paths_)
     if report.interrupted:
         sys.exit(130)
-    if report.indexed + report.unchanged + report.reused == 0 and report.failed:
+    if report.indexed + report.unchanged + report.reused == 0 and report.failed and not watch:
         sys.exit(1)
+
+
+def _follow(watcher: "FolderWatcher", indexer: "Indexer", roots: tuple[Path, ...]) -> None:
+    """Index each batch of settled changes until Ctrl-C; one line per batch that changed something."""
+    import time
+
+    from .progress import list_failures
+
+    indexer.progress = lambda done, total: None
+
+    def on_batch(changed: list[Path]) -> None:
+        gone_roots = [r for r in roots if r in changed and not r.exists()]
+        report = indexer.update(changed)
+        if report.indexed or report.reused or report.removed or report.failed:
+            click.echo(f"{time.strftime('%H:%M:%S')} {report.summary()}")
+            list_failures(report.failed, "")
+        for root in gone_roots:
+            click.echo(f"{root} was deleted: its images left the collection; still watching the rest", err=True)
+
+    watcher.on_batch = on_batch
+    click.echo(f"watching {', '.join(str(r) for r in roots)} for changes (Ctrl-C to stop)", err=True)
+    try:
+        watcher.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        watcher.stop.set()
 
 
 def pick_field(coll: Collection, model: str | None) -> tuple[str, str]:

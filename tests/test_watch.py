@@ -1,0 +1,189 @@
+"""`clipseek index PATH --watch`: a real process following a real folder, checked through the collection."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipseek.collection import Collection
+from clipseek.indexer import docid_for
+from clipseek.watch import needs_polling
+
+from .test_indexer import scene_image
+
+
+
+def png_bytes(i: int, size: int = 256) -> bytes:
+    buf = io.BytesIO()
+    scene_image(i).resize((size, size)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class Watching:
+    """`clipseek index FOLDER --watch ...` in a process of its own, its stderr read line by line."""
+
+    def __init__(self, folder: Path, collection: Path, *extra: str) -> None:
+        self.collection = collection
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "clipseek.cli", "index", str(folder), "--collection", str(collection),
+             "--model", "tiny", "--watch", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        threading.Thread(target=self._read, daemon=True).start()
+        self.wait_line("watching ", 60)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+
+    def wait_line(self, text: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.1)
+            except queue.Empty:
+                assert self.proc.poll() is None, "".join(self.seen)
+                continue
+            self.seen.append(line)
+            if text in line:
+                return line
+        raise AssertionError(f"no line with {text!r} in {timeout} s:\n{''.join(self.seen)}")
+
+    def output(self) -> str:
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return "".join(self.seen)
+
+    def doc(self, path: Path):
+        with Collection.open(self.collection, readonly=True) as coll:
+            return coll.get(docid_for(os.fsencode(os.path.abspath(path))))
+
+    def wait_for(self, path: Path, present: bool, timeout: float) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if (self.doc(path) is not None) == present:
+                return time.monotonic() - started
+            assert self.proc.poll() is None, "".join(self.seen)
+            time.sleep(0.1)
+        raise AssertionError(f"{path} {'never appeared' if present else 'never left'} in {timeout} s")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        code = self.proc.wait(timeout=20)
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return code
+
+
+@pytest.fixture
+def library(tmp_path):
+    folder = tmp_path / "photos"
+    (folder / "trip").mkdir(parents=True)
+    for i in range(3):
+        (folder / f"p{i}.png").write_bytes(png_bytes(i))
+    for i in range(2):
+        (folder / "trip" / f"t{i}.png").write_bytes(png_bytes(10 + i))
+    return folder
+
+
+def test_watch_follows_new_changed_moved_and_deleted_files(library, tmp_path):
+    w = Watching(library, tmp_path / "coll", "--exclude", "drafts")
+    try:
+        assert w.doc(library / "p0.png") is not None  # the first full pass
+
+        new = library / "new.png"
+        new.write_bytes(png_bytes(20))
+        assert w.wait_for(new, True, 5) <= 5.0  # searchable within 5 s of being written
+
+        # a file written in two halves with a pause shorter than --settle: indexed once, whole
+        slow, data = library / "slow.png", png_bytes(21, 900)
+        with open(slow, "wb") as fh:
+            fh.write(data[: len(data) // 2])
+            fh.flush()
+            time.sleep(0.6)
+            fh.write(data[len(data) // 2:])
+        w.wait_for(slow, True, 8)
+        assert w.doc(slow).content_hash == hashlib.sha256(data).hexdigest()
+
+        # excluded and hidden files never arrive (written before the move below, which is seen after them)
+        (library / "drafts").mkdir()
+        (library / "drafts" / "d.png").write_bytes(png_bytes(22))
+        (library / ".cache").mkdir()
+        (library / ".cache" / "h.png").write_bytes(png_bytes(23))
+
+        # a move reuses the vector
+        before = w.doc(library / "p1.png").vectors["tiny_image"]
+        moved = library / "trip" / "p1-moved.png"
+        os.rename(library / "p1.png", moved)
+        w.wait_for(moved, True, 8)
+        w.wait_for(library / "p1.png", False, 8)
+        np.testing.assert_array_equal(w.doc(moved).vectors["tiny_image"], before)
+        time.sleep(0.3)
+        assert "1 reused" in w.output(), w.output()
+
+        (library / "p2.png").unlink()
+        w.wait_for(library / "p2.png", False, 8)
+
+        shutil.rmtree(library / "trip")  # a watched subfolder deleted whole
+        w.wait_for(library / "trip" / "t0.png", False, 8)
+        w.wait_for(moved, False, 8)
+
+        assert w.doc(library / "drafts" / "d.png") is None and w.doc(library / ".cache" / "h.png") is None
+        assert not (tmp_path / "coll" / "index-failures.log").exists()
+    finally:
+        code = w.stop()
+    assert code == 0, "".join(w.seen)
+
+
+def test_a_bad_file_or_a_vanished_one_is_reported_and_watching_goes_on(library, tmp_path):
+    w = Watching(library, tmp_path / "coll")
+    try:
+        (library / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+        w.wait_line("1 failed", 10)
+        w.wait_line("broken.png", 5)
+        later = library / "later.png"
+        later.write_bytes(png_bytes(30))
+        w.wait_for(later, True, 5)
+        shutil.rmtree(library)  # the watched folder itself
+        w.wait_for(later, False, 8)
+        w.wait_line("was deleted", 5)
+        assert w.proc.poll() is None
+    finally:
+        code = w.stop()
+    assert code == 0, "".join(w.seen)
+
+
+def test_watching_by_polling_finds_new_files(library, tmp_path):
+    w = Watching(library, tmp_path / "coll", "--poll")
+    try:
+        assert "scanning every 2 s" in w.output()
+        new = library / "new.png"
+        new.write_bytes(png_bytes(35))
+        w.wait_for(new, True, 10)
+    finally:
+        w.stop()
+
+
+def test_network_file_systems_are_polled():
+    mounts = ("/dev/vda1 / ext4 rw 0 0\n"
+              "server:/export /mnt/photos nfs4 rw 0 0\n"
+              "//nas/share /mnt/nas\\040box cifs rw 0 0\n")
+    assert "nfs4" in needs_polling([Path("/mnt/photos/2024")], mounts)
+    assert "cifs" in needs_polling([Path("/mnt/nas box/x")], mounts)
+    assert needs_polling([Path("/home/me/Pictures")], mounts) is None
+    assert needs_polling([Path("/mnt/photosynth")], mounts) is None  # a prefix of the name is not the mount
