@@ -187,3 +187,42 @@ def test_network_file_systems_are_polled():
     assert "cifs" in needs_polling([Path("/mnt/nas box/x")], mounts)
     assert needs_polling([Path("/home/me/Pictures")], mounts) is None
     assert needs_polling([Path("/mnt/photosynth")], mounts) is None  # a prefix of the name is not the mount
+
+
+def test_serve_watch_answers_follow_the_folder(library, tmp_path):
+    """`clipseek serve --watch`: indexed at start, and a photo added while serving is in the answers within 5 s."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from .serving import running_server
+
+    def has(url: str, path: Path) -> bool:
+        docid = docid_for(os.fsencode(os.path.abspath(path)))
+        try:
+            with urllib.request.urlopen(f"{url}/document/v1/default/image_search/docid/{docid}", timeout=5) as r:
+                return json.loads(r.read())["fields"]["path"] == str(path)
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404
+            return False
+
+    def wait(url: str, path: Path, present: bool, timeout: float) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if has(url, path) == present:
+                return time.monotonic() - started
+            time.sleep(0.1)
+        raise AssertionError(f"{path} {'never appeared' if present else 'never left'} in {timeout} s")
+
+    with running_server(tmp_path / "coll", tmp_path, "--model", "tiny", "--watch", str(library)) as (url, _port):
+        wait(url, library / "trip" / "t1.png", True, 30)  # the first pass, in the background
+        new = library / "new.png"
+        new.write_bytes(png_bytes(25))
+        assert wait(url, new, True, 5) <= 5.0
+        (library / "p0.png").unlink()
+        wait(url, library / "p0.png", False, 8)
+        body = json.dumps({"yql": "select * from image_search where true", "hits": 20}).encode()
+        request = urllib.request.Request(f"{url}/search/", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as r:
+            paths = {h["fields"]["path"] for h in json.loads(r.read())["root"].get("children", [])}
+        assert str(new) in paths and str(library / "p0.png") not in paths and len(paths) == 5

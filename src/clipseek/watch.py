@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from .indexer import excluded
 
@@ -166,3 +166,47 @@ class FolderWatcher:
         for path in ready:
             del self._pending[path]
         return [Path(p) for p in sorted(ready)]
+
+
+@dataclass(frozen=True)
+class WatchOptions:
+    """What `clipseek serve --watch` follows, and how."""
+
+    roots: tuple[Path, ...]
+    exclude: tuple[str, ...] = ()
+    settle: float = 1.0
+    poll: bool = False
+
+
+def follow_in_server(shared: Any, model: str, options: WatchOptions, stop: threading.Event, say: Say) -> None:
+    """The server's watcher thread: a full pass over the roots, then each batch of settled changes, written
+    through the server's own writer (``shared.writing()``) so that searches see them at once. While another
+    process holds the write lock (a `clipseek index` run), a batch waits and is tried again."""
+    from .indexer import Indexer
+    from .models import get_spec, load_model
+
+    encoder = load_model(get_spec(model).image_vectors_of)
+    watcher = FolderWatcher(options.roots, lambda _paths: None, exclude=options.exclude, settle=options.settle,
+                            poll=options.poll, say=say, stop=stop)
+    watcher.start()
+    indexer: Indexer | None = None
+
+    def write(paths: list[Path] | None) -> None:
+        nonlocal indexer
+        while not stop.is_set():
+            try:
+                with shared.writing() as coll:
+                    if indexer is None:
+                        indexer = Indexer(coll, encoder, exclude=options.exclude)
+                    indexer.collection = coll  # the writer may have been closed while idle and opened again
+                    report = indexer.run(list(options.roots)) if paths is None else indexer.update(paths)
+                if paths is None or report.indexed or report.reused or report.removed or report.failed:
+                    say(f"watch: {report.summary()}" + "".join(f"\n  failed: {p}: {why}" for p, why in report.failed[:20]))
+                return
+            except Exception as exc:  # noqa: BLE001 - the collection busy (another writer), or a bad moment: retry
+                say(f"watch: {exc}; trying again in 2 s")
+                stop.wait(2.0)
+
+    write(None)
+    watcher.on_batch = write
+    watcher.run()

@@ -31,8 +31,15 @@ from .search import collection_option, collection_path
 @click.option("--insecure", is_flag=True,
               help="Allow binding to a non-loopback address without a token: anyone who can reach the port can "
                    "search, read and change the collection and see the indexed photos. Combine with --allow-host.")
+@click.option("--watch", "watch_paths", multiple=True, metavar="PATH",
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Index PATH with --model and keep following it while serving: new, changed, moved and deleted "
+                   "photos show up in answers within seconds (repeatable).")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="With --watch: leave out matching files and folders.")
+@click.option("--poll", is_flag=True, help="With --watch: scan every 2 s instead of using file events.")
 def serve_command(collection_dir: Path | None, host: str, port: int, default_model: str, token: str | None,
-                  backend: str, precision: str, device: str, allow_hosts: tuple[str, ...], insecure: bool) -> None:
+                  backend: str, precision: str, device: str, allow_hosts: tuple[str, ...], insecure: bool,
+                  watch_paths: tuple[Path, ...], exclude: tuple[str, ...], poll: bool) -> None:
     """Serve Vespa's /search/ and /document/v1/ APIs over the collection.
 
     \b
@@ -40,6 +47,10 @@ def serve_command(collection_dir: Path | None, host: str, port: int, default_mod
     localhost or [::1] are answered (add names with --allow-host), writes
     from other web sites are refused, and only photos that `clipseek index`
     indexed, unchanged since, are served. Off loopback, --token is required.
+
+    \b
+    With --watch PATH it also indexes PATH (with --model) and follows it:
+      clipseek serve --watch ~/Pictures --exclude '*/Thumbnails'
 
     \b
     pyvespa works unchanged (tested, sync and async); the vespa CLI
@@ -69,9 +80,14 @@ def serve_command(collection_dir: Path | None, host: str, port: int, default_mod
     if not (path / "collection.sqlite").exists():
         Collection.create(path).close()
     bound = [] if host in ("0.0.0.0", "::") else [host]
+    watch = None
+    if watch_paths:
+        from ..watch import WatchOptions
+
+        watch = WatchOptions(tuple(watch_paths), exclude=exclude, poll=poll)
     app = create_app(path, default_model=default_model, token=token,
                      runtime={"backend": backend, "precision": precision, "device": device},
-                     allow_hosts=[*bound, *allow_hosts])
+                     allow_hosts=[*bound, *allow_hosts], watch=watch, say=lambda m: click.echo(m, err=True))
     with app.state.shared.reading() as coll:
         count = len(coll)
     click.echo(f"clipseek serving {path} ({count} documents) at http://{host}:{port}/", err=True)

@@ -9,7 +9,7 @@ import threading
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, Mapping, Sequence, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -31,6 +31,9 @@ from ..tensors import TENSOR_FORMS, parse_tensor, render_tensor
 from . import native
 from .bodies import is_json, loads_json, read_body
 from .guard import Guard
+
+if TYPE_CHECKING:
+    from ..watch import WatchOptions
 
 T = TypeVar("T")
 _ERRORS = {  # Vespa's codes and summaries (container/protect/Error.java, ErrorMessage.java)
@@ -186,12 +189,14 @@ def whole(params: Any, name: str, default: int, low: int, high: int) -> int:
 def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
                default_model: str = "ViT-B/32", token: str | None = None,
                runtime: Mapping[str, str] | None = None,
-               allow_hosts: Sequence[str] = (), idle_seconds: float = 20.0, janitor_seconds: float = 2.0) -> Starlette:
+               allow_hosts: Sequence[str] = (), idle_seconds: float = 20.0, janitor_seconds: float = 2.0,
+               watch: WatchOptions | None = None, say: Callable[[str], None] = lambda _m: None) -> Starlette:
     """The app serving the collection at ``path``; ``encoders(model)`` gives the text encoder for ``input=``.
 
     With ``token``, every route needs ``Authorization: Bearer <token>`` (or ``?token=``). Without one, only
     requests addressed to a loopback name or one of ``allow_hosts`` ("*" for any) are answered (see
-    :mod:`clipseek.server.guard`)."""
+    :mod:`clipseek.server.guard`). With ``watch``, a thread indexes those folders with the default model and keeps
+    following them (:func:`clipseek.watch.follow_in_server`), reporting through ``say``."""
     encoder_for, default_model = tuned_text_model(encoders or Encoders(runtime=runtime), default_model)
     shared = Shared(path, idle_seconds=idle_seconds)
     source = "clipseek"
@@ -444,10 +449,21 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
                 await asyncio.sleep(janitor_seconds)
                 await asyncio.to_thread(shared.release_idle)
         task = asyncio.create_task(janitor())
+        stop = threading.Event()
+        follower = None
+        if watch is not None:
+            from ..watch import follow_in_server
+
+            follower = threading.Thread(target=follow_in_server, args=(shared, default_model, watch, stop, say),
+                                        name="clipseek-serve-watch", daemon=True)
+            follower.start()
         try:
             yield
         finally:
             task.cancel()
+            stop.set()
+            if follower is not None:
+                follower.join(timeout=30)
             shared.close()
 
     routes += native.routes(shared, encoder_for, default_model)
