@@ -255,3 +255,55 @@ def test_a_rotated_non_square_photo_is_stored_with_its_upright_size(tmp_path, ti
         Indexer(coll, tiny).run([folder])
         (doc,) = list(coll.iter_documents(with_vectors=False))
     assert (doc.width, doc.height, doc.format) == (160, 100, "JPEG")
+
+
+def test_cli_search_options_not_in_min_relevance_paths_only_open(tmp_path, tiny):
+    """The page's and the API's options on the command line, checked against the Python API."""
+    import os
+    import stat
+
+    from clipseek.collection import Collection, Filter
+    from clipseek.models import l2_normalize
+
+    gallery = synth.write_dataset(tmp_path / "g", 40, seed=5)
+    sub = gallery / "images" / "sub"
+    sub.mkdir()
+    for name in [n for n in sorted(os.listdir(gallery / "images")) if n.endswith(".png")][:10]:
+        os.rename(gallery / "images" / name, sub / name)
+    coll = tmp_path / "coll"
+    runner = CliRunner()
+    assert runner.invoke(main, ["index", str(gallery / "images"), "--collection", str(coll), "--model", "tiny"]
+                         ).exit_code == 0
+
+    def search(*args):
+        result = runner.invoke(main, ["search", "a red circle", "--collection", str(coll), *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    query = l2_normalize(tiny.embed_texts(["a red circle"])[0] - 0.5 * tiny.embed_texts(["blue"])[0])
+    with Collection.open(coll, readonly=True) as c:
+        want = [h.fields["path"] for h in c.search(query, field="tiny_image", hits=5).hits]
+        inside = [h.fields["path"] for h in c.search(tiny.embed_texts(["a red circle"])[0], field="tiny_image",
+                                                     hits=40, filter=Filter(folder=str(sub))).hits]
+    got = [h["path"] for h in json.loads(search("--not", "blue", "--json", "-k", "5"))["hits"]]
+    assert got == want and got != [h["path"] for h in json.loads(search("--json", "-k", "5"))["hits"]]
+
+    paths = search("--in", str(sub), "--paths-only", "-k", "40").splitlines()
+    assert paths == inside and len(paths) == 10 and all(p.startswith(str(sub) + "/") for p in paths)
+
+    scores = [h["relevance"] for h in json.loads(search("--json", "-k", "40"))["hits"]]
+    cut = sorted(scores)[len(scores) // 2]
+    kept = json.loads(search("--json", "-k", "40", "--min-relevance", str(cut)))["hits"]
+    assert len(kept) == sum(s >= cut for s in scores) and 0 < len(kept) < len(scores)
+
+    # --open hands the best hit to the desktop's opener (xdg-open on Linux): a stand-in records it
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    opener = bin_dir / "xdg-open"
+    opener.write_text(f"#!/bin/sh\necho \"$1\" >> {tmp_path / 'opened.txt'}\n")
+    opener.chmod(opener.stat().st_mode | stat.S_IEXEC)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    result = runner.invoke(main, ["search", "a red circle", "--collection", str(coll), "--open", "--paths-only", "-k",
+                                  "3"], env=env)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "opened.txt").read_text().strip() == result.output.splitlines()[0]

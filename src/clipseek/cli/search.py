@@ -152,36 +152,66 @@ def hyperlink(path: str) -> str:
 @click.argument("text", required=False)
 @click.option("--image", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Search by an image instead (image → image).")
+@click.option("--not", "negatives", multiple=True, metavar="TEXT",
+              help="Push results away from TEXT (repeatable): the query becomes query − 0.5·TEXT, as on the page.")
+@click.option("--in", "folder", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Only images under this folder.")
+@click.option("--format", "formats", default=None, metavar="JPEG,PNG,...", help="Only these image formats.")
+@click.option("--min-relevance", type=float, default=None, metavar="R",
+              help="Leave out hits whose relevance is below R (cosine similarity, -1..1).")
 @click.option("-k", "--hits", "k", default=10, show_default=True, help="Number of results.")
 @click.option("--model", default=None, help="Model whose vectors to search [default: the collection's].")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON (for scripts).")
+@click.option("--paths-only", is_flag=True, help="Print only the paths, one per line (for xargs and friends).")
+@click.option("--open", "open_", is_flag=True, help="Open the best hit in the system's image viewer.")
 @collection_option
 @runtime_options
-def search_command(text: str | None, image: Path | None, k: int, model: str | None, as_json: bool,
-                   collection_dir: Path | None, backend: str, precision: str, device: str) -> None:
+def search_command(text: str | None, image: Path | None, negatives: tuple[str, ...], folder: Path | None,
+                   formats: str | None, min_relevance: float | None, k: int, model: str | None, as_json: bool,
+                   paths_only: bool, open_: bool, collection_dir: Path | None, backend: str, precision: str,
+                   device: str) -> None:
     """Find the images that best match TEXT (or --image FILE).
 
     \b
       clipseek search "a dog running on a beach"
+      clipseek search "a beach" --not people --not umbrellas --in ~/Pictures/2024
       clipseek search --image ~/Pictures/cat.jpg -k 5 --json
+      clipseek search "receipts" --min-relevance 0.25 --paths-only | xargs -d '\\n' ls -l
     """
+    import numpy as np
+
+    from ..collection import Filter
+    from ..models import l2_normalize
+
     if (text is None) == (image is None):
         raise click.UsageError("give a TEXT to search for, or --image FILE (not both)")
+    if as_json and paths_only:
+        raise click.UsageError("--json and --paths-only are two output formats: choose one")
+    wanted = Filter(folder=str(folder.expanduser().resolve()) if folder else None,
+                    formats=[f.strip().upper() for f in formats.split(",") if f.strip()] if formats else None)
     with Collection.open(collection_path(collection_dir), readonly=True) as coll:
         field, model_name = pick_field(coll, model)
         encoder = load_model(model_name, backend=backend, precision=precision, device=device)
         vector = encoder.embed_texts([text])[0] if text is not None else encoder.embed_images([image or Path()])[0]
-        result = coll.search(vector, field=field, hits=k, model=encoder.image_ref)
+        if negatives:
+            vector = l2_normalize(vector - 0.5 * encoder.embed_texts(list(negatives)).sum(axis=0)).astype(np.float32)
+        result = coll.search(vector, field=field, hits=k, model=encoder.image_ref, filter=wanted)
+    hits = [h for h in result.hits if min_relevance is None or h.relevance >= min_relevance]
+    if open_ and hits:
+        click.launch(str(hits[0].fields.get("path", "")))
     if as_json:
-        click.echo(json.dumps({"query": text or str(image), "model": encoder.spec.name, "field": field,
-                               "total": result.total_count, "hits": [
+        click.echo(json.dumps({"query": text or str(image), "not": list(negatives), "model": encoder.spec.name,
+                               "field": field, "total": result.total_count, "hits": [
                                    {"rank": i + 1, "id": h.docid, "relevance": round(h.relevance, 6),
-                                    "path": h.fields.get("path")} for i, h in enumerate(result.hits)]}, indent=1))
+                                    "path": h.fields.get("path")} for i, h in enumerate(hits)]}, indent=1))
         return
-    if not result.hits:
+    if paths_only:
+        for h in hits:
+            click.echo(str(h.fields.get("path", h.docid)))
+        return
+    if not hits:
         click.echo("no results")
         return
     click.echo(f"{'rank':>4}  {'relevance':>9}  path")
-    for i, h in enumerate(result.hits):
+    for i, h in enumerate(hits):
         click.echo(f"{i + 1:>4}  {h.relevance:9.4f}  {hyperlink(str(h.fields.get('path', h.docid)))}")
-
