@@ -26,10 +26,10 @@ import numpy as np
 from .collection import Collection, Document
 from .errors import DiskFullError, ImageError
 from .originals import file_record, indexed_file
+from .transforms import RAW_EXTENSIONS, raw_supported, register_optional_formats
 from .models.encoder import Encoder
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-OPTIONAL_EXTENSIONS = {".heic": "pillow_heif", ".heif": "pillow_heif", ".avif": "pillow_avif"}
 FAILURE_LOG = "index-failures.log"
 
 
@@ -57,16 +57,23 @@ def field_for(encoder: Encoder) -> str:
 
 
 def supported_extensions() -> set[str]:
-    exts = set(EXTENSIONS)
-    for ext, module in OPTIONAL_EXTENSIONS.items():
-        try:
-            plugin = __import__(module)
-            if hasattr(plugin, "register_heif_opener"):
-                plugin.register_heif_opener()
-            exts.add(ext)
-        except ImportError:
-            pass
-    return exts
+    """Pillow's formats, HEIC/HEIF and AVIF where their decoders are installed, camera RAW where rawpy is."""
+    return EXTENSIONS | register_optional_formats() | (RAW_EXTENSIONS if raw_supported() else set())
+
+
+def raw_shadowed(name: bytes, siblings: set[bytes]) -> bool:
+    """A RAW file beside a JPEG (or other picture) of the same name is left out: the camera or the photographer
+    made that picture from it, so indexing both would show the same photo twice. ``siblings``: the lower-cased
+    names of the pictures in the same folder that are not RAW."""
+    stem, ext = os.path.splitext(name)
+    if os.fsdecode(ext).lower() not in RAW_EXTENSIONS:
+        return False
+    return any(os.path.splitext(s)[0] == stem.lower() for s in siblings)
+
+
+def _pictures(names: Iterable[bytes], exts: set[str]) -> set[bytes]:
+    return {n.lower() for n in names
+            if (e := os.fsdecode(os.path.splitext(n)[1]).lower()) in exts and e not in RAW_EXTENSIONS}
 
 
 def display_path(raw: bytes) -> str:
@@ -111,7 +118,14 @@ def walk(roots: Iterable[Path], skip: Iterable[Path] = (), extensions: set[str] 
             continue
         if stat.S_ISREG(st.st_mode):
             if os.path.splitext(raw_root)[1].decode("utf-8", "replace").lower() in exts:
-                yield raw_root, st
+                folder, name = os.path.split(raw_root)
+                try:
+                    siblings = _pictures(os.listdir(folder), exts) if os.fsdecode(
+                        os.path.splitext(name)[1]).lower() in RAW_EXTENSIONS else set()
+                except OSError:
+                    siblings = set()
+                if not raw_shadowed(name, siblings):
+                    yield raw_root, st
             continue
         stack = [raw_root]
         while stack:
@@ -129,8 +143,11 @@ def walk(roots: Iterable[Path], skip: Iterable[Path] = (), extensions: set[str] 
             except OSError:
                 continue
             subdirs = []
+            pictures = _pictures((e.name for e in entries), exts)
             for entry in entries:
                 if excluded(entry.name, entry.path[len(raw_root):].lstrip(b"/"), exclude):
+                    continue
+                if raw_shadowed(entry.name, pictures):
                     continue
                 try:
                     if entry.is_dir(follow_symlinks=True):

@@ -6,6 +6,11 @@ rounded as torchvision does), scale to [0, 1], normalise by mean/std. ``load_ima
 EXIF orientation applied, every mode made RGB (transparency composited on white, 16-bit scaled rather than
 clipped), a pixel limit checked from the header before any decoding, and optional JPEG draft decoding
 (a DCT-domain downscale) for images much larger than the model needs.
+
+Formats beyond Pillow's own: HEIC/HEIF through pillow-heif (registered on first use), AVIF through Pillow itself
+(11.3+) or pillow-avif-plugin, and camera RAW files (CR2, NEF, ARW, DNG, …, by extension) through rawpy (LibRaw):
+the embedded JPEG preview when it is at least ``RAW_PREVIEW_MIN`` pixels on its shorter side (fast: no
+demosaicing), else a half-size decode of the sensor data.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ DRAFT_FACTOR = 2
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 ImageInput = Union[str, "os.PathLike[str]", Image.Image]
+RAW_EXTENSIONS = {".3fr", ".arw", ".cr2", ".cr3", ".crw", ".dcr", ".dng", ".erf", ".iiq", ".k25", ".kdc", ".mef",
+                  ".mos", ".mrw", ".nef", ".nrw", ".orf", ".pef", ".raf", ".raw", ".rw2", ".rwl", ".sr2", ".srf",
+                  ".srw", ".x3f"}
+RAW_PREVIEW_MIN = 448  # a preview smaller than this (the largest CLIP input, RN50x64) is not used
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,9 @@ def open_image(
         img = to_rgb(_upright(source))
         return img, ImageInfo(img.width, img.height, source.format)
     label = name or (os.fsdecode(source) if isinstance(source, (str, bytes, os.PathLike)) else "<upload>")
+    register_optional_formats()
+    if os.path.splitext(label)[1].lower() in RAW_EXTENSIONS:
+        return _open_raw(source, label, max_pixels)
     try:
         if isinstance(source, (str, bytes, os.PathLike)) and os.path.getsize(source) == 0:
             raise ImageDecodeError(label, "empty file (0 bytes)")
@@ -83,6 +95,102 @@ def open_image(
         raise ImageTooLargeError(label, _pixels_from_message(str(exc)), max_pixels) from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
         raise ImageDecodeError(label, f"truncated or corrupt image ({exc})") from None
+
+
+_REGISTERED: set[str] = set()
+
+
+def register_optional_formats() -> set[str]:
+    """Register the decoders installed for HEIC/HEIF and AVIF (once); the extensions they add."""
+    if "done" not in _REGISTERED:
+        from PIL import features
+
+        try:
+            import pillow_heif
+
+            pillow_heif.register_heif_opener()
+            _REGISTERED.update({".heic", ".heif"})
+        except ImportError:
+            pass
+        if features.check("avif"):
+            _REGISTERED.add(".avif")
+        else:
+            try:
+                import pillow_avif  # noqa: F401 - registers itself
+
+                _REGISTERED.add(".avif")
+            except ImportError:
+                pass
+        _REGISTERED.add("done")
+    return _REGISTERED - {"done"}
+
+
+def raw_supported() -> bool:
+    try:
+        import rawpy  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _open_raw(source: ImageInput | BinaryIO, label: str, max_pixels: int) -> tuple[Image.Image, ImageInfo]:
+    """A camera RAW file: its embedded preview, or a half-size decode; errors name the file and why."""
+    try:
+        import rawpy
+    except ImportError:
+        raise ImageDecodeError(label, "a camera RAW file: install rawpy to index RAW files (pip install rawpy)") \
+            from None
+    fmt = os.path.splitext(label)[1].lstrip(".").upper()
+    try:
+        handle: str | BinaryIO = os.fsdecode(source) if isinstance(source, (str, bytes, os.PathLike)) \
+            else source  # type: ignore[assignment]  # (an Image never reaches here: open_image handles it)
+        with rawpy.imread(handle) as raw:
+            sizes = raw.sizes
+            width, height = (sizes.height, sizes.width) if sizes.flip in (5, 6) else (sizes.width, sizes.height)
+            _check_pixels(label, (width, height), max_pixels)
+            img = _raw_preview(raw, sizes.flip)
+            if img is None:
+                img = Image.fromarray(raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8))
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageDecodeError(label, "file not found (moved or deleted while indexing?)") from None
+    except rawpy.LibRawFileUnsupportedError:
+        raise ImageDecodeError(label, "a RAW format or camera that LibRaw (rawpy) does not support") from None
+    except (rawpy.LibRawError, OSError, ValueError) as exc:
+        raise ImageDecodeError(label, f"truncated or corrupt RAW file ({type(exc).__name__}: {exc})") from None
+    if min(img.size) == 0:
+        raise ImageDecodeError(label, "empty image in RAW file")
+    return to_rgb(img), ImageInfo(width, height, fmt)
+
+
+_FLIP_TRANSPOSE = {3: Image.Transpose.ROTATE_180, 5: Image.Transpose.ROTATE_90, 6: Image.Transpose.ROTATE_270}
+
+
+def _raw_preview(raw: object, flip: int) -> Image.Image | None:
+    """The camera's embedded preview, upright, when it is large enough to stand for the photo."""
+    import io
+
+    import rawpy
+
+    try:
+        thumb = raw.extract_thumb()  # type: ignore[attr-defined]
+    except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
+        return None
+    try:
+        img: Image.Image
+        if thumb.format == rawpy.ThumbFormat.JPEG:
+            img = Image.open(io.BytesIO(thumb.data))
+            img.load()
+            has_orientation = img.getexif().get(0x0112, 1) != 1
+            img = _upright(img) if has_orientation else img
+        else:
+            img, has_orientation = Image.fromarray(thumb.data), False
+    except (OSError, ValueError, SyntaxError):
+        return None  # a damaged preview: decode the sensor data instead
+    if not has_orientation and flip in _FLIP_TRANSPOSE:
+        img = img.transpose(_FLIP_TRANSPOSE[flip])
+    return img if min(img.size) >= RAW_PREVIEW_MIN else None
 
 
 def _check_pixels(name: str, size: tuple[int, int], max_pixels: int) -> None:

@@ -58,7 +58,10 @@ def index_command(paths_: tuple[Path, ...], collection_dir: Path | None, model: 
     --model OTHER to add another model's vectors to the same images.
     With --watch it keeps running and indexes changes as they happen: a new
     photo is searchable within seconds of being written completely.
-    Formats: JPEG, PNG, WebP, GIF, BMP, TIFF (HEIC/AVIF with pillow-heif/pillow-avif).
+    Formats: JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC/HEIF, AVIF and camera RAW
+    (CR2, CR3, NEF, ARW, DNG, ORF, RW2, RAF, ...: the embedded preview, or a
+    half-size decode). A RAW file beside a JPEG of the same name is indexed
+    once, as the JPEG.
 
     \b
       clipseek index ~/Pictures --exclude '*/Thumbnails' --watch
