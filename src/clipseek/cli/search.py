@@ -161,7 +161,8 @@ def hyperlink(path: str) -> str:
               help="Only images under this folder.")
 @click.option("--format", "formats", default=None, metavar="JPEG,PNG,...", help="Only these image formats.")
 @click.option("--min-relevance", type=float, default=None, metavar="R",
-              help="Leave out hits whose relevance is below R (cosine similarity, -1..1).")
+              help="Leave out hits whose relevance is below R. Relevance is Vespa's closeness for angular "
+                   "distance, 1/(1 + angle in radians): 1 for the same direction, 0.5 at cosine 0.54.")
 @click.option("-k", "--hits", "k", default=10, show_default=True, help="Number of results.")
 @click.option("--model", default=None, help="Model whose vectors to search [default: the collection's].")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON (for scripts).")
