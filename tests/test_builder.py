@@ -267,6 +267,16 @@ def test_missing_unexpected_and_misshapen_keys_are_named(hub_model, name, tmp_pa
     assert "ln_final.bias (7,)" in msg and not any(tmp_path.iterdir())
 
 
+def test_fetch_to_an_existing_folder_that_is_not_a_model_is_refused(hub_model, tmp_path):
+    spec, _clip, weights, _folder = hub_model("ViT-B/32")
+    mine = tmp_path / "Documents"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("years of work")
+    with pytest.raises(ModelError, match="is not a clipseek model folder"):
+        fetch_model(spec, weights=weights, exporter="builder", out=mine)
+    assert (mine / "thesis.txt").read_text() == "years of work"
+
+
 def test_an_unsupported_architecture_is_refused_by_name(hub_model, tmp_path):
     spec, _clip, weights, _folder = hub_model("ViT-B/32")
     cfg = json.loads(json.dumps(spec.tower_config))

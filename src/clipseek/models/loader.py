@@ -67,6 +67,10 @@ def fetch_model(spec: ModelSpec, *, cache: Path | None = None, progress: Progres
     if exporter not in EXPORTERS:
         raise ModelError(f"unknown exporter {exporter!r}: choose one of {', '.join(EXPORTERS)}")
     folder = out or model_cache_dir(spec, cache)
+    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())) \
+            and not (out / modeldir.MANIFEST).is_file():
+        raise ModelError(f"{out} exists and is not a clipseek model folder: --to needs a new or empty folder "
+                         "(or an earlier --to folder, which is replaced)")
     if weights is None:
         if os.environ.get("CLIPSEEK_OFFLINE"):
             raise ModelNotAvailableError(spec.name, folder, "CLIPSEEK_OFFLINE is set")
