@@ -182,10 +182,16 @@ def follow_in_server(shared: Any, model: str, options: WatchOptions, stop: threa
     """The server's watcher thread: a full pass over the roots, then each batch of settled changes, written
     through the server's own writer (``shared.writing()``) so that searches see them at once. While another
     process holds the write lock (a `clipseek index` run), a batch waits and is tried again."""
+    from .errors import ClipseekError
     from .indexer import Indexer
     from .models import get_spec, load_model
+    from .server.app import Busy
 
-    encoder = load_model(get_spec(model).image_vectors_of)
+    try:
+        encoder = load_model(get_spec(model).image_vectors_of)
+    except ClipseekError as exc:
+        say(f"watch: not watching, the model cannot be loaded: {exc}")
+        return
     watcher = FolderWatcher(options.roots, lambda _paths: None, exclude=options.exclude, settle=options.settle,
                             poll=options.poll, say=say, stop=stop)
     watcher.start()
@@ -203,9 +209,12 @@ def follow_in_server(shared: Any, model: str, options: WatchOptions, stop: threa
                 if paths is None or report.indexed or report.reused or report.removed or report.failed:
                     say(f"watch: {report.summary()}" + "".join(f"\n  failed: {p}: {why}" for p, why in report.failed[:20]))
                 return
-            except Exception as exc:  # noqa: BLE001 - the collection busy (another writer), or a bad moment: retry
+            except (Busy, OSError) as exc:  # another process holds the write lock, or the disk hiccuped: retry
                 say(f"watch: {exc}; trying again in 2 s")
                 stop.wait(2.0)
+            except ClipseekError as exc:  # nothing a retry mends: say so, and go on with the next changes
+                say(f"watch: these changes were not indexed: {exc}")
+                return
 
     write(None)
     watcher.on_batch = write
