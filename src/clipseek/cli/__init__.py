@@ -62,6 +62,7 @@ def _register() -> None:
     from .check import check_command
     from .data import synth_command, train_tiny_command
     from .demo import demo_command
+    from .duplicates import duplicates_command
     from .embed import embed_command, import_command
     from .evaluate import eval_command
     from .finetune import finetune_command
@@ -72,6 +73,7 @@ def _register() -> None:
 
     main.add_command(index_command)
     main.add_command(search_command)
+    main.add_command(duplicates_command)
     main.add_command(serve_command)
     main.add_command(check_command)
     main.add_command(demo_command)
