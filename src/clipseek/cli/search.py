@@ -166,13 +166,15 @@ def hyperlink(path: str) -> str:
 @click.option("-k", "--hits", "k", default=10, show_default=True, help="Number of results.")
 @click.option("--model", default=None, help="Model whose vectors to search [default: the collection's].")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON (for scripts).")
+@click.option("--collapse", is_flag=True, help="Show one photo of each group of near-duplicates (the best-ranked; "
+                                               "as `clipseek duplicates` groups them).")
 @click.option("--paths-only", is_flag=True, help="Print only the paths, one per line (for xargs and friends).")
 @click.option("--open", "open_", is_flag=True, help="Open the best hit in the system's image viewer.")
 @collection_option
 @runtime_options
 def search_command(text: str | None, image: Path | None, negatives: tuple[str, ...], folder: Path | None,
                    formats: str | None, min_relevance: float | None, k: int, model: str | None, as_json: bool,
-                   paths_only: bool, open_: bool, collection_dir: Path | None, backend: str, precision: str,
+                   collapse: bool, paths_only: bool, open_: bool, collection_dir: Path | None, backend: str, precision: str,
                    device: str) -> None:
     """Find the images that best match TEXT (or --image FILE).
 
@@ -199,8 +201,13 @@ def search_command(text: str | None, image: Path | None, negatives: tuple[str, .
         vector = encoder.embed_texts([text])[0] if text is not None else encoder.embed_images([image or Path()])[0]
         if negatives:
             vector = l2_normalize(vector - 0.5 * encoder.embed_texts(list(negatives)).sum(axis=0)).astype(np.float32)
-        result = coll.search(vector, field=field, hits=k, model=encoder.image_ref, filter=wanted)
-    hits = [h for h in result.hits if min_relevance is None or h.relevance >= min_relevance]
+        result = coll.search(vector, field=field, hits=min(k * 3, 400) if collapse else k, model=encoder.image_ref,
+                             filter=wanted)
+        hits = [h for h in result.hits if min_relevance is None or h.relevance >= min_relevance]
+        if collapse:
+            from ..duplicates import collapse as collapse_hits
+
+            hits = collapse_hits(hits, coll)[:k]
     if open_ and hits:
         click.launch(str(hits[0].fields.get("path", "")))
     if as_json:

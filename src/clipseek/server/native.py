@@ -20,7 +20,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..collection import MAX_HITS, Collection, Filter, check_docid
+from ..collection import MAX_HITS, Collection, Document, Filter, check_docid
+from ..duplicates import collapse as collapse_hits
 from ..errors import ClipseekError, FieldError, QueryError, TooLargeError
 from ..models.encoder import Encoder, l2_normalize
 from ..originals import open_original
@@ -51,6 +52,15 @@ def _number(value: Any, name: str, kind: type = float) -> Any:
     except (TypeError, ValueError, OverflowError):
         pass
     raise QueryError(f"{name} must be a {'whole number' if kind is int else 'number'}, got {value!r}")
+
+
+def _flag(value: Any, name: str) -> bool:
+    """A yes/no parameter: true/false, 1/0, or absent (no)."""
+    if value is None or value is False or value in ("", "0", "false", "False"):
+        return False
+    if value is True or value in ("1", "true", "True"):
+        return True
+    raise QueryError(f"{name} must be true or false, got {str(value)[:40]!r}")
 
 
 def _text(value: Any, name: str) -> str | None:
@@ -102,9 +112,12 @@ def routes(shared: Shared, encoder_for: Callable[[str], Encoder], default_model:
             raise QueryError("k must be >= 1 and offset >= 0")
         k = min(k, MAX_HITS)
         started = time.perf_counter()
-        res = coll.search(vector, field=field, hits=k, offset=min(offset, 1000), filter=filters(params),
-                          model=model)
+        collapse = _flag(params.get("collapse"), "collapse")
+        res = coll.search(vector, field=field, hits=min(k * 3, MAX_HITS) if collapse else k,
+                          offset=min(offset, 1000), filter=filters(params), model=model)
         hits = [h for h in res.hits if threshold is None or h.relevance >= threshold]
+        if collapse:  # one hit per group of near-duplicates; only files the server would serve are read
+            hits = collapse_hits(hits, coll, read=lambda doc: served_bytes(coll, doc))[:k]
         return {"query": query, "model": model, "field": field, "total": res.total_count, "documents": res.documents,
                 "took_ms": round((time.perf_counter() - started) * 1000, 2), "hits": [
                     {"id": h.docid, "relevance": round(h.relevance, 6), **h.fields,
@@ -211,6 +224,14 @@ def routes(shared: Shared, encoder_for: Callable[[str], Encoder], default_model:
                 vector = combine(coll, field, model, terms, uploads)
                 return run(coll, field, model, vector, params, terms or "image upload")
         return await guarded(go)
+
+    def served_bytes(coll: Collection, doc: Document) -> bytes | None:
+        found = open_original(doc.extra, coll.indexed_roots())
+        if found is None:
+            return None
+        fd, st = found
+        with os.fdopen(fd, "rb") as fh:  # closes the descriptor
+            return fh.read() if st.st_size <= 512 * 1024 * 1024 else None
 
     def original_file(docid: str) -> tuple[int, os.stat_result] | None:
         """An open descriptor of an indexed document's file, checked as :mod:`clipseek.originals` says, and its

@@ -35,6 +35,8 @@ _Q = [
     {"name": "until", "in": "query", "schema": {"type": "number"}},
     {"name": "min_width", "in": "query", "schema": {"type": "integer"}},
     {"name": "min_height", "in": "query", "schema": {"type": "integer"}},
+    {"name": "collapse", "in": "query", "schema": {"type": "boolean"},
+     "description": "one hit per group of near-duplicates (offset counts hits before collapsing)"},
 ]
 #: The JSON body of POST /api/search takes the same options as the query string (``format`` also as a list).
 _BODY_OPTIONS = {p["name"]: p["schema"] for p in _Q} | {

@@ -44,7 +44,8 @@ function epoch(dateInput) {
 function params(model, offset) {
   const p = { model, k: String(PAGE), offset: String(offset), threshold: $("threshold").value,
               folder: $("folder").value.trim(), format: $("format").value, since: epoch($("since")),
-              until: $("until").value ? String(new Date($("until").value + "T23:59:59").getTime() / 1000) : "" };
+              until: $("until").value ? String(new Date($("until").value + "T23:59:59").getTime() / 1000) : "",
+              collapse: $("collapse").checked ? "true" : "" };
   for (const key of Object.keys(p)) if (p[key] === "" || p[key] === "0") delete p[key];
   return p;
 }
@@ -141,6 +142,7 @@ async function init() {
   $("search").addEventListener("submit", (ev) => { ev.preventDefault(); likeId = null; search(); });
   $("threshold").addEventListener("input", () => { $("threshold-value").textContent = Number($("threshold").value).toFixed(2); });
   $("threshold").addEventListener("change", () => search());
+  $("collapse").addEventListener("change", () => search());
   $("file").addEventListener("change", () => choose($("file").files[0]));
   const drop = $("drop");
   drop.addEventListener("dragover", (ev) => { ev.preventDefault(); drop.classList.add("over"); });
