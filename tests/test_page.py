@@ -125,3 +125,21 @@ def test_phone_width_and_keyboard(site):
     page.keyboard.press("Escape")
     page.wait_for_function("!document.querySelector('#detail').open")
     page.screenshot(path=str(ARTIFACTS / "page-phone.png"))
+
+
+def test_the_duplicates_toggle_asks_for_collapsed_results(site):
+    import json
+
+    browser, url, captions, _ = site
+    page, errors = open_page(browser, url)
+    asked: list[dict] = []
+    page.on("request", lambda r: asked.append(json.loads(r.post_data or "{}")) if "/api/search" in r.url else None)
+    page.fill("#q", captions[7][1])
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#pane1 .card")
+    assert asked and "collapse" not in asked[-1]
+    with page.expect_response(lambda r: "/api/search" in r.url) as answer:
+        page.check("#collapse")
+    assert answer.value.ok and asked[-1].get("collapse") == "true", asked
+    page.wait_for_selector("#pane1 .card")
+    assert errors == []
