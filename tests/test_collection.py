@@ -409,6 +409,11 @@ def test_format_1_collections_are_migrated_by_a_writer_never_by_a_reader(tmp_pat
         c.feed(make_docs(5))
     db = sqlite3.connect(tmp_path / "c" / "collection.sqlite")  # back to format 1: no namespace column
     db.execute("ALTER TABLE documents DROP COLUMN namespace")
+    db.execute("DROP INDEX documents_taken")  # nor the photo attributes of format 3
+    from clipseek.schema import PHOTO_ATTRIBUTES
+
+    for name in PHOTO_ATTRIBUTES:
+        db.execute(f"ALTER TABLE documents DROP COLUMN {name}")
     db.execute("PRAGMA user_version=1")
     db.commit()
     db.close()

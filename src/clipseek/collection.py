@@ -31,6 +31,7 @@ from .errors import (CollectionDamagedError, CollectionLockedError, DiskFullErro
                      ReadOnlyError, VectorError)
 from .index import AnnIndex, HnswParams, closeness
 from .lexing import INT64
+from . import schema
 from .summaries import SUMMARY_FIELDS, Summaries, Summary
 
 DOCUMENT_TYPE = "image_search"
@@ -41,11 +42,8 @@ DEFAULT_TARGET_HITS = 100  # the seed's TextEmbeddingSearcher; a small beam cost
 APPROXIMATE_THRESHOLD = 0.05  # Vespa's default approximate-threshold: below it, exact search
 MAX_ID_BYTES = 1024  # a document id's UTF-8 length (Vespa allows 64 KiB; ours name photos)
 #: The Python type of each summary attribute (what a document may store there, checked before any write).
-ATTRIBUTE_TYPES: dict[str, type] = {"image_file_name": str, "path": str, "size": int, "mtime": float,
-                                    "content_hash": str, "width": int, "height": int, "format": str,
-                                    "indexed_at": float}
-FILTER_COLUMNS = {"image_file_name", "path", "size", "mtime", "content_hash", "width", "height", "format",
-                  "indexed_at", "docid"}
+ATTRIBUTE_TYPES: dict[str, type] = {a.name: a.python for a in schema.ATTRIBUTES}
+FILTER_COLUMNS = {*schema.NAMES, "docid"}
 
 
 @dataclass
@@ -62,12 +60,26 @@ class Document:
     height: int | None = None
     format: str | None = None
     indexed_at: float | None = None
+    taken: float | None = None
+    taken_tz: str | None = None
+    taken_source: str | None = None
+    camera: str | None = None
+    lens: str | None = None
+    lat: float | None = None
+    lon: float | None = None
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     namespace: str | None = None  # Vespa's id:<namespace>:…; None for the collection's own
 
     def attributes(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in SUMMARY_FIELDS if getattr(self, k) is not None}
+
+
+def _km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in km (haversine, mean Earth radius)."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    h = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
+    return 2 * 6371.0088 * math.asin(min(1.0, math.sqrt(h)))
 
 
 @dataclass(frozen=True)
@@ -106,6 +118,10 @@ class Filter:
     max_height: int | None = None
     mtime_from: float | None = None
     mtime_to: float | None = None
+    taken_from: float | None = None  # the date taken (EXIF, else the file's time), epoch seconds
+    taken_to: float | None = None
+    cameras: Sequence[str] | None = None  # any of these (case-insensitive, whole value)
+    near: tuple[float, float, float] | None = None  # (latitude, longitude, km): within that distance
 
     def predicates(self) -> list[yql.Node]:
         out: list[yql.Node] = []
@@ -116,9 +132,14 @@ class Filter:
             out.append(yql.Or(tuple(yql.Predicate("format", "contains", f.upper()) for f in self.formats)))
         for col, op, value in (("width", ">=", self.min_width), ("width", "<=", self.max_width),
                                ("height", ">=", self.min_height), ("height", "<=", self.max_height),
-                               ("mtime", ">=", self.mtime_from), ("mtime", "<=", self.mtime_to)):
+                               ("mtime", ">=", self.mtime_from), ("mtime", "<=", self.mtime_to),
+                               ("taken", ">=", self.taken_from), ("taken", "<=", self.taken_to)):
             if value is not None:
                 out.append(yql.Predicate(col, op, value))
+        if self.cameras:
+            out.append(yql.Or(tuple(yql.Predicate("camera", "contains", c) for c in self.cameras)))
+        if self.near is not None:
+            out.append(yql.Predicate("lat", "near", tuple(self.near)))
         return out
 
 
@@ -744,6 +765,8 @@ class Collection:
         return (allowed if all_docs else union), merged
 
     def _predicate(self, p: yql.Predicate) -> set[int]:
+        if p.op == "near":
+            return self._near(*p.value)
         column = "docid" if p.field in ("documentid",) else p.field
         if column not in FILTER_COLUMNS:
             raise FieldError(f"cannot filter on {p.field!r}; attributes are: {', '.join(sorted(FILTER_COLUMNS))}")
@@ -752,12 +775,34 @@ class Collection:
         elif p.op == "contains":
             sql, args = f"{column} = ? COLLATE NOCASE", [p.value]
         else:
-            if column in ("size", "mtime", "width", "height", "indexed_at") and not isinstance(p.value, (int, float)):
+            if column in schema.NUMERIC and not isinstance(p.value, (int, float)):
                 raise QueryError(f"{p.field} {p.op} needs a number, got {p.value!r}")
             if isinstance(p.value, int) and not -INT64 <= p.value < INT64:
                 raise QueryError(f"{p.field} {p.op} {p.value}: the number does not fit in 64 bits")
             sql, args = f"{column} {p.op} ?", [p.value]
         return set(int(r[0]) for r in self._conn().execute(f"SELECT id FROM documents WHERE {sql}", args))
+
+    def attribute_counts(self, name: str, limit: int = 500) -> list[tuple[Any, int]]:
+        """The most common values of a summary attribute with their document counts, most common first (what a
+        picker lists: the cameras in the collection). Text values are grouped without regard to case."""
+        if name not in schema.BY_NAME:
+            raise FieldError(f"no attribute {name!r}; attributes are: {', '.join(schema.NAMES)}")
+        collate = " COLLATE NOCASE" if schema.BY_NAME[name].python is str else ""
+        rows = self._conn().execute(f"SELECT {name}, COUNT(*) FROM documents WHERE {name} IS NOT NULL "
+                                    f"GROUP BY {name}{collate} ORDER BY COUNT(*) DESC, {name} LIMIT ?", (limit,))
+        return [(value, int(count)) for value, count in rows]
+
+    def _near(self, lat: float, lon: float, km: float) -> set[int]:
+        """Documents whose GPS position is within ``km`` of (lat, lon): a bounding box in SQL, then the great-circle
+        distance (the box does not wrap around the antimeridian)."""
+        if not (-90 <= lat <= 90 and -180 <= lon <= 180 and km >= 0):
+            raise QueryError(f"near needs a latitude in -90..90, a longitude in -180..180 and km >= 0, got "
+                             f"{lat}, {lon}, {km}")
+        dlat = km / 111.195
+        dlon = km / (111.195 * max(math.cos(math.radians(lat)), 1e-6))
+        rows = self._conn().execute("SELECT id, lat, lon FROM documents WHERE lat BETWEEN ? AND ? AND lon BETWEEN ? "
+                                    "AND ?", (lat - dlat, lat + dlat, lon - dlon, lon + dlon))
+        return {int(i) for i, a, b in rows if _km(lat, lon, a, b) <= km}
 
     def query_vector(self, field_name: str, value: Any) -> np.ndarray:
         f = self._field(field_name)

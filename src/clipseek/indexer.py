@@ -25,6 +25,7 @@ import numpy as np
 
 from .collection import Collection, Document
 from .errors import DiskFullError, ImageError
+from .exif import PhotoMeta
 from .originals import file_record, indexed_file
 from .transforms import RAW_EXTENSIONS, raw_supported, register_optional_formats
 from .models.encoder import Encoder
@@ -43,12 +44,17 @@ class IndexReport:
     reused: int = 0
     removed: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    #: (path, what was left out and why) for photos indexed without some of their EXIF (an impossible date,
+    #: malformed GPS): the photo is in, those fields are not.
+    metadata_skipped: list[tuple[str, str]] = field(default_factory=list)
     interrupted: bool = False
     seconds: float = 0.0
 
     def summary(self) -> str:
         text = (f"{self.indexed} indexed, {self.unchanged} unchanged, {self.reused} reused, "
                 f"{self.removed} removed, {len(self.failed)} failed in {self.seconds:.1f}s")
+        if self.metadata_skipped:
+            text += f"; {len(self.metadata_skipped)} indexed without some EXIF fields"
         return ("interrupted: " + text) if self.interrupted else text
 
 
@@ -182,6 +188,7 @@ class _Prepared:
     width: int | None = None
     height: int | None = None
     format: str | None = None
+    meta: PhotoMeta | None = None
     error: str | None = None
 
 
@@ -301,7 +308,7 @@ class Indexer:
         item.content_hash = hashlib.sha256(data).hexdigest()
         try:
             img, info = self.encoder.load(io.BytesIO(data), name=display_path(raw))
-            item.width, item.height, item.format = info.width, info.height, info.format
+            item.width, item.height, item.format, item.meta = info.width, info.height, info.format, info.meta
             item.pixels = self.encoder.preprocess_image(img)
         except ImageError as exc:
             item.error = exc.reason
@@ -338,6 +345,8 @@ class Indexer:
                 report.failed.append((display_path(it.raw), it.error))
                 continue
             doc = _document(it, now)
+            if it.meta is not None and it.meta.problems:
+                report.metadata_skipped.append((display_path(it.raw), "; ".join(it.meta.problems)))
             source = by_hash.get(it.content_hash or "")
             reused = self.collection.get(source) if source else None
             if reused is not None and self.field in reused.vectors:
@@ -378,9 +387,12 @@ class Indexer:
 def _document(it: _Prepared, now: float) -> Document:
     text = display_path(it.raw)
     extra: dict[str, object] = {"file": file_record(it.raw, it.st.st_size, it.st.st_mtime_ns)}  # the path's bytes, whatever their encoding
+    meta = it.meta or PhotoMeta()
+    taken, source = (meta.taken, "exif") if meta.taken is not None else (it.st.st_mtime, "file")
     return Document(docid_for(it.raw), image_file_name=os.path.basename(text), path=text, size=it.st.st_size,
                     mtime=it.st.st_mtime, content_hash=it.content_hash, width=it.width, height=it.height,
-                    format=it.format, indexed_at=now, extra=extra)
+                    format=it.format, indexed_at=now, taken=taken, taken_tz=meta.taken_tz, taken_source=source,
+                    camera=meta.camera, lens=meta.lens, lat=meta.lat, lon=meta.lon, extra=extra)
 
 
 def _raw_path(doc: Document) -> bytes | None:

@@ -23,6 +23,7 @@ from typing import Any, Callable, NoReturn
 
 from .errors import QueryError
 from .lexing import Cursor
+from .schema import NUMERIC
 from .summaries import SUMMARY_FIELDS
 
 DOCUMENT_TYPE = "image_search"
@@ -32,7 +33,7 @@ MAX_DEPTH = 64
 _TOKEN = re.compile(
     r"""\s*(?:(?P<num>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)|(?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')"""
     r"""|(?P<op>==|!=|<=|>=|=~|[=<>()])|(?P<name>[A-Za-z_][A-Za-z0-9_.]*)|(?P<bad>\S))""")
-_NUMERIC = {"size", "mtime", "width", "height", "indexed_at"}
+_NUMERIC = NUMERIC
 
 
 def compile_selection(text: str) -> tuple[str, list[Any]]:

@@ -31,11 +31,11 @@ from typing import Callable, Mapping
 import numpy as np
 
 from .errors import CollectionDamagedError, CollectionVersionError, NotACollectionError
+from .schema import BY_NAME, PHOTO_ATTRIBUTES
 
 DB_FILE = "collection.sqlite"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
-DOC_COLUMNS = ("image_file_name", "path", "size", "mtime", "content_hash", "width", "height", "format", "indexed_at")
 
 
 def _run(db: sqlite3.Connection, script: str) -> None:
@@ -79,8 +79,16 @@ def _migration_2(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE documents ADD COLUMN namespace TEXT")
 
 
+def _migration_3(db: sqlite3.Connection) -> None:
+    """What a photo's EXIF says (schema.PHOTO_ATTRIBUTES: date taken, camera, lens, place); NULL for documents
+    indexed before, until `clipseek index` sees their files change."""
+    for name in PHOTO_ATTRIBUTES:
+        db.execute(f"ALTER TABLE documents ADD COLUMN {name} {BY_NAME[name].sql}")
+    db.execute("CREATE INDEX documents_taken ON documents(taken)")
+
+
 #: Numbered migrations: MIGRATIONS[i] takes a database from version i to i + 1.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2, _migration_3]
 assert len(MIGRATIONS) == FORMAT_VERSION
 
 

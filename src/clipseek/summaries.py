@@ -16,9 +16,10 @@ import sqlite3
 import threading
 from typing import Any, Iterable
 
+from .schema import NAMES
+
 #: Summary fields of the ``image_search`` document type (the columns of ``documents`` a hit returns).
-SUMMARY_FIELDS = ("image_file_name", "path", "size", "mtime", "content_hash", "width", "height", "format",
-                  "indexed_at")
+SUMMARY_FIELDS = NAMES
 _SELECT = f"SELECT id, docid, namespace, {', '.join(SUMMARY_FIELDS)} FROM documents"
 
 Summary = tuple[str, "str | None", dict[str, Any]]  # (docid, namespace or None for the collection's, fields)

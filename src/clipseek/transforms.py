@@ -23,7 +23,9 @@ from typing import BinaryIO, Sequence, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import exif
 from .errors import ImageDecodeError, ImageError, ImageTooLargeError
+from .exif import PhotoMeta
 
 DEFAULT_MAX_PIXELS = int(os.environ.get("CLIPSEEK_MAX_PIXELS", 150_000_000))
 #: Draft-decode a JPEG only down to this multiple of the model's input size; measured in bench/transforms.py.
@@ -44,6 +46,7 @@ class ImageInfo:
     width: int
     height: int
     format: str | None
+    meta: PhotoMeta | None = None  # what the EXIF says (date taken, camera, place), read before decoding
 
 
 def load_image(
@@ -76,11 +79,12 @@ def open_image(
             if img.getexif().get(0x0112) in (5, 6, 7, 8):
                 width, height = height, width
             fmt = img.format
+            meta = exif.read(img)
             if draft_size and img.format == "JPEG":
                 want = draft_size * DRAFT_FACTOR
                 img.draft("RGB", (want, want))
             img.load()
-            return to_rgb(_upright(img)), ImageInfo(width, height, fmt)
+            return to_rgb(_upright(img)), ImageInfo(width, height, fmt, meta)
     except ImageError:
         raise
     except FileNotFoundError:

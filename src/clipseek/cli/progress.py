@@ -53,3 +53,13 @@ def list_failures(failed: list[tuple[str, str]], where_the_rest: str, *, limit: 
         click.echo(f"  failed: {path}: {reason}", err=True)
     if len(failed) > limit:
         click.echo(f"  ... {len(failed) - limit} more {where_the_rest}", err=True)
+
+
+def list_metadata(skipped: list[tuple[str, str]], *, limit: int = 20) -> None:
+    """Photos indexed without some EXIF fields (an impossible date, malformed GPS), and why, on stderr."""
+    import click
+
+    for path, why in skipped[:limit]:
+        click.echo(f"  indexed without some EXIF: {path}: {why}", err=True)
+    if len(skipped) > limit:
+        click.echo(f"  ... {len(skipped) - limit} more indexed without some EXIF", err=True)

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..schema import ATTRIBUTES
+
 _ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["status", "type", "message"],
     "properties": {"status": {"type": "integer"}, "type": {"type": "string"}, "message": {"type": "string"}}}}}
 
 _HIT = {"type": "object", "required": ["id", "relevance", "url", "thumbnail"], "properties": {
     "id": {"type": "string"}, "relevance": {"type": "number"}, "url": {"type": "string"},
-    "thumbnail": {"type": "string"}, "image_file_name": {"type": "string"}, "path": {"type": "string"},
-    "size": {"type": "integer"}, "mtime": {"type": "number"}, "width": {"type": "integer"},
-    "height": {"type": "integer"}, "format": {"type": "string"}, "content_hash": {"type": "string"},
-    "indexed_at": {"type": "number"}}}
+    "thumbnail": {"type": "string"}, **{a.name: {"type": a.json} for a in ATTRIBUTES}}}
 
 _RESULT = {"type": "object", "required": ["model", "field", "total", "documents", "took_ms", "hits"], "properties": {
     "query": {}, "model": {"type": "string"}, "field": {"type": "string"}, "total": {"type": "integer"},
@@ -31,8 +30,13 @@ _Q = [
     {"name": "threshold", "in": "query", "schema": {"type": "number"}},
     {"name": "folder", "in": "query", "schema": {"type": "string"}},
     {"name": "format", "in": "query", "schema": {"type": "string"}, "description": "comma-separated, e.g. JPEG,PNG"},
-    {"name": "since", "in": "query", "schema": {"type": "number"}, "description": "mtime lower bound (epoch s)"},
+    {"name": "since", "in": "query", "schema": {"type": "number"},
+     "description": "taken at or after (epoch s; the EXIF date, else the file's time)"},
     {"name": "until", "in": "query", "schema": {"type": "number"}},
+    {"name": "camera", "in": "query", "schema": {"type": "string"}, "description": "camera make and model, whole"},
+    {"name": "near", "in": "query", "schema": {"type": "string"}, "description": "LAT,LON,KM"},
+    {"name": "sort", "in": "query", "schema": {"type": "string", "enum": ["relevance", "date"]},
+     "description": "date: the hits above threshold, newest first"},
     {"name": "min_width", "in": "query", "schema": {"type": "integer"}},
     {"name": "min_height", "in": "query", "schema": {"type": "integer"}},
     {"name": "collapse", "in": "query", "schema": {"type": "boolean"},
@@ -40,7 +44,10 @@ _Q = [
 ]
 #: The JSON body of POST /api/search takes the same options as the query string (``format`` also as a list).
 _BODY_OPTIONS = {p["name"]: p["schema"] for p in _Q} | {
-    "format": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}}
+    "format": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+    "camera": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+    "near": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "number"}, "minItems": 3,
+                                            "maxItems": 3}]}}
 
 SPEC: dict[str, Any] = {
     "openapi": "3.0.3",

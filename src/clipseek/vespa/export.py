@@ -24,11 +24,11 @@ from xml.sax.saxutils import escape
 
 from ..collection import DOCUMENT_TYPE, Collection
 from ..errors import VespaExportError
+from ..schema import ATTRIBUTES
 from .embedder import (ATTENTION_MASK, INPUT_IDS, POOLED_OUTPUT, TOKENIZER_FILE, EmbedderFiles, write_embedder,
                        write_tokenizer)
 
-_ATTRIBUTES = [("path", "string"), ("size", "long"), ("mtime", "double"), ("content_hash", "string"),
-               ("width", "int"), ("height", "int"), ("format", "string"), ("indexed_at", "double")]
+_ATTRIBUTES = [(a.name, a.vespa) for a in ATTRIBUTES if a.name != "image_file_name"]
 
 
 def schema_text(coll: Collection) -> str:
