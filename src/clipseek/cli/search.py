@@ -67,7 +67,7 @@ def index_command(paths_: tuple[Path, ...], collection_dir: Path | None, model: 
       clipseek index ~/Pictures --exclude '*/Thumbnails' --watch
     """
     from ..indexer import Indexer
-    from .progress import list_failures, reporter
+    from .progress import list_failures, list_metadata, reporter
 
     encoder = load_model(model, threads=threads, backend=backend, precision=precision, device=device,
                          batch_size=batch_size)
@@ -86,6 +86,7 @@ def index_command(paths_: tuple[Path, ...], collection_dir: Path | None, model: 
         close()
         click.echo(report.summary())
         list_failures(report.failed, f"in {coll.path / 'index-failures.log'}")
+        list_metadata(report.metadata_skipped)
         if watcher is not None and not report.interrupted:
             _follow(watcher, indexer, paths_)
     if report.interrupted:
@@ -98,7 +99,7 @@ def _follow(watcher: "FolderWatcher", indexer: "Indexer", roots: tuple[Path, ...
     """Index each batch of settled changes until Ctrl-C; one line per batch that changed something."""
     import time
 
-    from .progress import list_failures
+    from .progress import list_failures, list_metadata
 
     indexer.progress = lambda done, total: None
 
@@ -108,6 +109,7 @@ def _follow(watcher: "FolderWatcher", indexer: "Indexer", roots: tuple[Path, ...
         if report.indexed or report.reused or report.removed or report.failed:
             click.echo(f"{time.strftime('%H:%M:%S')} {report.summary()}")
             list_failures(report.failed, "")
+            list_metadata(report.metadata_skipped)
         for root in gone_roots:
             click.echo(f"{root} was deleted: its images left the collection; still watching the rest", err=True)
 
@@ -160,6 +162,15 @@ def hyperlink(path: str) -> str:
 @click.option("--in", "folder", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Only images under this folder.")
 @click.option("--format", "formats", default=None, metavar="JPEG,PNG,...", help="Only these image formats.")
+@click.option("--since", type=str, default=None, metavar="DATE",
+              help="Only photos taken on or after DATE (2024-06-01, or 2024-06-01T18:30): the EXIF date as the camera "
+                   "showed it, else the file's time.")
+@click.option("--until", type=str, default=None, metavar="DATE", help="Only photos taken on or before DATE.")
+@click.option("--camera", default=None, metavar="TEXT",
+              help="Only photos from cameras whose make and model contain TEXT (case-insensitive): --camera iphone.")
+@click.option("--near", default=None, metavar="LAT,LON,KM", help="Only photos taken within KM of a place (EXIF GPS).")
+@click.option("--sort", type=click.Choice(["relevance", "date"]), default="relevance", show_default=True,
+              help="date: the relevant hits (see --min-relevance), newest first.")
 @click.option("--min-relevance", type=float, default=None, metavar="R",
               help="Leave out hits whose relevance is below R. Relevance is Vespa's closeness for angular "
                    "distance, 1/(1 + angle in radians): 1 for the same direction, 0.5 at cosine 0.54.")
@@ -173,7 +184,8 @@ def hyperlink(path: str) -> str:
 @collection_option
 @runtime_options
 def search_command(text: str | None, image: Path | None, negatives: tuple[str, ...], folder: Path | None,
-                   formats: str | None, min_relevance: float | None, k: int, model: str | None, as_json: bool,
+                   formats: str | None, since: str | None, until: str | None, camera: str | None,
+                   near: str | None, sort: str, min_relevance: float | None, k: int, model: str | None, as_json: bool,
                    collapse: bool, paths_only: bool, open_: bool, collection_dir: Path | None, backend: str, precision: str,
                    device: str) -> None:
     """Find the images that best match TEXT (or --image FILE).
@@ -183,6 +195,7 @@ def search_command(text: str | None, image: Path | None, negatives: tuple[str, .
       clipseek search "a beach" --not people --not umbrellas --in ~/Pictures/2024
       clipseek search --image ~/Pictures/cat.jpg -k 5 --json
       clipseek search "receipts" --min-relevance 0.25 --paths-only | xargs -d '\\n' ls -l
+      clipseek search "birthday cake" --since 2023-01-01 --camera iphone --sort date --min-relevance 0.45
     """
     import numpy as np
 
@@ -194,20 +207,27 @@ def search_command(text: str | None, image: Path | None, negatives: tuple[str, .
     if as_json and paths_only:
         raise click.UsageError("--json and --paths-only are two output formats: choose one")
     wanted = Filter(folder=str(folder.expanduser().resolve()) if folder else None,
-                    formats=[f.strip().upper() for f in formats.split(",") if f.strip()] if formats else None)
+                    formats=[f.strip().upper() for f in formats.split(",") if f.strip()] if formats else None,
+                    taken_from=_date(since, "--since", end=False), taken_to=_date(until, "--until", end=True),
+                    near=_place(near) if near else None)
     with Collection.open(collection_path(collection_dir), readonly=True) as coll:
+        if camera is not None:
+            wanted.cameras = _cameras(coll, camera)
         field, model_name = pick_field(coll, model)
         encoder = load_model(model_name, backend=backend, precision=precision, device=device)
         vector = encoder.embed_texts([text])[0] if text is not None else encoder.embed_images([image or Path()])[0]
         if negatives:
             vector = l2_normalize(vector - 0.5 * encoder.embed_texts(list(negatives)).sum(axis=0)).astype(np.float32)
-        result = coll.search(vector, field=field, hits=min(k * 3, 400) if collapse else k, model=encoder.image_ref,
-                             filter=wanted)
+        fetch = 400 if sort == "date" else min(k * 3, 400) if collapse else k
+        result = coll.search(vector, field=field, hits=fetch, model=encoder.image_ref, filter=wanted)
         hits = [h for h in result.hits if min_relevance is None or h.relevance >= min_relevance]
+        if sort == "date":
+            hits.sort(key=lambda h: -(h.fields.get("taken") or float("-inf")))
         if collapse:
             from ..duplicates import collapse as collapse_hits
 
-            hits = collapse_hits(hits, coll)[:k]
+            hits = collapse_hits(hits, coll)
+        hits = hits[:k]
     if open_ and hits:
         click.launch(str(hits[0].fields.get("path", "")))
     if as_json:
@@ -226,3 +246,42 @@ def search_command(text: str | None, image: Path | None, negatives: tuple[str, .
     click.echo(f"{'rank':>4}  {'relevance':>9}  path")
     for i, h in enumerate(hits):
         click.echo(f"{i + 1:>4}  {h.relevance:9.4f}  {hyperlink(str(h.fields.get('path', h.docid)))}")
+
+
+def _date(text: str | None, option: str, *, end: bool) -> float | None:
+    """A date or date-time as the camera's clock showed it (read as UTC, as clipseek.exif stores it)."""
+    import datetime as dt
+
+    if text is None:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a date: write 2024-06-01 or 2024-06-01T18:30",
+                                 param_hint=option) from None
+    if len(text.strip()) <= 10 and end:
+        when += dt.timedelta(days=1, microseconds=-1)  # --until 2024-06-01 includes that whole day
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return when.timestamp()
+
+
+def _place(text: str) -> tuple[float, float, float]:
+    try:
+        lat, lon, km = (float(p) for p in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: write LAT,LON,KM, e.g. 48.8566,2.3522,5", param_hint="--near") from None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180 and km >= 0):
+        raise click.BadParameter(f"{text!r}: latitude -90..90, longitude -180..180, km >= 0", param_hint="--near")
+    return lat, lon, km
+
+
+def _cameras(coll: Collection, text: str) -> list[str]:
+    """The collection's camera names that contain ``text`` (case-insensitive); an error listing them if none."""
+    names = [str(name) for name, _count in coll.attribute_counts("camera")]
+    found = [n for n in names if text.lower() in n.lower()]
+    if not found:
+        have = ", ".join(names[:20]) or "none (no photo with camera EXIF is indexed)"
+        raise click.BadParameter(f"no camera in the collection matches {text!r}; cameras: {have}",
+                                 param_hint="--camera")
+    return found

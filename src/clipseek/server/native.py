@@ -63,6 +63,30 @@ def _flag(value: Any, name: str) -> bool:
     raise QueryError(f"{name} must be true or false, got {str(value)[:40]!r}")
 
 
+def _choice(value: Any, name: str, allowed: tuple[str, ...]) -> str:
+    if value is None or value == "":
+        return allowed[0]
+    if value not in allowed:
+        raise QueryError(f"{name} must be one of {', '.join(allowed)}, got {str(value)[:40]!r}")
+    return str(value)
+
+
+def _near(value: Any) -> tuple[float, float, float] | None:
+    """``near``: "LAT,LON,KM" or [lat, lon, km]."""
+    if value is None or value == "":
+        return None
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        if not isinstance(parts, list) or len(parts) != 3 or any(isinstance(p, bool) for p in parts):
+            raise ValueError
+        lat, lon, km = (float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise QueryError(f"near must be LAT,LON,KM (e.g. 48.85,2.35,10), got {str(value)[:60]!r}") from None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180 and 0 <= km <= 20_100):
+        raise QueryError(f"near: latitude -90..90, longitude -180..180, km 0..20100, got {lat}, {lon}, {km}")
+    return lat, lon, km
+
+
 def _text(value: Any, name: str) -> str | None:
     """A string parameter of a JSON body (numbers are taken as their text); None when absent."""
     if value is None:
@@ -98,10 +122,15 @@ def routes(shared: Shared, encoder_for: Callable[[str], Encoder], default_model:
         if isinstance(formats, list) and all(isinstance(f, str) for f in formats):
             formats = ",".join(formats)
         formats = [f for f in (_text(formats, "format (e.g. \"JPEG,PNG\")") or "").split(",") if f]
+        cameras = params.get("camera")
+        if isinstance(cameras, list) and all(isinstance(c, str) for c in cameras):
+            cameras = "\n".join(cameras)
+        cameras = [c for c in (_text(cameras, "camera (one name, or a list)") or "").split("\n") if c.strip()]
         return Filter(folder=_text(params.get("folder"), "folder") or None, formats=formats or None,
-                      mtime_from=_number(params.get("since"), "since"), mtime_to=_number(params.get("until"), "until"),
+                      taken_from=_number(params.get("since"), "since"), taken_to=_number(params.get("until"), "until"),
                       min_width=_number(params.get("min_width"), "min_width", int),
-                      min_height=_number(params.get("min_height"), "min_height", int))
+                      min_height=_number(params.get("min_height"), "min_height", int),
+                      cameras=cameras or None, near=_near(params.get("near")))
 
     def run(coll: Collection, field: str, model: str, vector: np.ndarray, params: dict[str, Any],
             query: Any) -> dict[str, Any]:
@@ -113,11 +142,16 @@ def routes(shared: Shared, encoder_for: Callable[[str], Encoder], default_model:
         k = min(k, MAX_HITS)
         started = time.perf_counter()
         collapse = _flag(params.get("collapse"), "collapse")
-        res = coll.search(vector, field=field, hits=min(k * 3, MAX_HITS) if collapse else k,
-                          offset=min(offset, 1000), filter=filters(params), model=model)
+        by_date = _choice(params.get("sort"), "sort", ("relevance", "date")) == "date"
+        wanted = MAX_HITS if by_date else min(k * 3, MAX_HITS) if collapse else k
+        res = coll.search(vector, field=field, hits=wanted, offset=0 if by_date else min(offset, 1000),
+                          filter=filters(params), model=model)
         hits = [h for h in res.hits if threshold is None or h.relevance >= threshold]
+        if by_date:  # the relevant ones (above the threshold), newest first
+            hits.sort(key=lambda h: -(h.fields.get("taken") or float("-inf")))
         if collapse:  # one hit per group of near-duplicates; only files the server would serve are read
-            hits = collapse_hits(hits, coll, read=lambda doc: served_bytes(coll, doc))[:k]
+            hits = collapse_hits(hits, coll, read=lambda doc: served_bytes(coll, doc))
+        hits = hits[offset: offset + k] if by_date else hits[:k]
         return {"query": query, "model": model, "field": field, "total": res.total_count, "documents": res.documents,
                 "took_ms": round((time.perf_counter() - started) * 1000, 2), "hits": [
                     {"id": h.docid, "relevance": round(h.relevance, 6), **h.fields,
@@ -288,7 +322,8 @@ def routes(shared: Shared, encoder_for: Callable[[str], Encoder], default_model:
         def describe() -> dict[str, Any]:
             with collection_for() as coll:
                 return {"documents": len(coll), "default_model": default_model, "models": [
-                    {"field": name, "model": f.model, "dim": f.dim} for name, f in sorted(coll.fields.items())]}
+                    {"field": name, "model": f.model, "dim": f.dim} for name, f in sorted(coll.fields.items())],
+                    "cameras": [{"name": n, "count": c} for n, c in coll.attribute_counts("camera")]}
         return JSONResponse(await asyncio.to_thread(describe))
 
     async def spec(_: Request) -> Response:

@@ -38,14 +38,14 @@ function showError(message) {
 }
 
 function epoch(dateInput) {
-  return dateInput.value ? String(new Date(dateInput.value + "T00:00:00").getTime() / 1000) : "";
+  return dateInput.value ? String(new Date(dateInput.value + "T00:00:00Z").getTime() / 1000) : "";
 }
 
 function params(model, offset) {
   const p = { model, k: String(PAGE), offset: String(offset), threshold: $("threshold").value,
               folder: $("folder").value.trim(), format: $("format").value, since: epoch($("since")),
-              until: $("until").value ? String(new Date($("until").value + "T23:59:59").getTime() / 1000) : "",
-              collapse: $("collapse").checked ? "true" : "" };
+              until: $("until").value ? String(new Date($("until").value + "T23:59:59Z").getTime() / 1000) : "",
+              collapse: $("collapse").checked ? "true" : "", camera: $("camera").value };
   for (const key of Object.keys(p)) if (p[key] === "" || p[key] === "0") delete p[key];
   return p;
 }
@@ -143,6 +143,7 @@ async function init() {
   $("threshold").addEventListener("input", () => { $("threshold-value").textContent = Number($("threshold").value).toFixed(2); });
   $("threshold").addEventListener("change", () => search());
   $("collapse").addEventListener("change", () => search());
+  $("camera").addEventListener("change", () => search());
   $("file").addEventListener("change", () => choose($("file").files[0]));
   const drop = $("drop");
   drop.addEventListener("dragover", (ev) => { ev.preventDefault(); drop.classList.add("over"); });
@@ -170,6 +171,12 @@ async function init() {
         opt.textContent = m.model.startsWith("local-dir:") ? m.model.split("/").pop() + " (local)" : m.model;
         select.append(opt);
       }
+    }
+    for (const c of info.cameras || []) {
+      const opt = document.createElement("option");
+      opt.value = c.name;
+      opt.textContent = `${c.name} (${c.count})`;
+      $("camera").append(opt);
     }
     if (info.models.some((m) => m.model === info.default_model)) $("model").value = info.default_model;
     panes[0].model = $("model").value || null;
