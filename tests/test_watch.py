@@ -226,3 +226,31 @@ def test_serve_watch_answers_follow_the_folder(library, tmp_path):
         with urllib.request.urlopen(request, timeout=10) as r:
             paths = {h["fields"]["path"] for h in json.loads(r.read())["root"].get("children", [])}
         assert str(new) in paths and str(library / "p0.png") not in paths and len(paths) == 5
+
+
+def test_without_file_events_it_falls_back_to_scanning_and_says_so(library, tmp_path):
+    """inotify refused for real: this process holds every inotify instance the user may have (the kernel's
+    max_user_instances) while the watcher starts, so watchfiles cannot create one and clipseek must poll."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    held = []
+    try:
+        while len(held) < 100_000:
+            fd = libc.inotify_init1(0)
+            if fd < 0:
+                break
+            held.append(fd)
+        assert held, "could not take any inotify instance"
+        w = Watching(library, tmp_path / "coll")
+        w.wait_line("scanning every 2 s instead", 20)
+    finally:
+        for fd in held:
+            os.close(fd)
+    try:
+        new = library / "new.png"
+        new.write_bytes(png_bytes(36))
+        w.wait_for(new, True, 10)
+    finally:
+        code = w.stop()
+    assert code == 0, w.output()

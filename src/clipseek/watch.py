@@ -127,7 +127,9 @@ class FolderWatcher:
             except queue.Empty:
                 item = set()
             if isinstance(item, BaseException):
-                if isinstance(item, OSError) and not self.polling:
+                # the OS refused events: inotify's watch or instance limit ("Too many open files"), which
+                # watchfiles raises as OSError or as its WatchfilesRustInternalError (a RuntimeError)
+                if isinstance(item, (OSError, RuntimeError)) and not self.polling:
                     self.say(f"file events are not available ({item}): watching by scanning every "
                              f"{POLL_SECONDS:g} s instead")
                     self._start_thread(polling=True)
