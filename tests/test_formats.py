@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from clipseek.collection import Collection
 from clipseek.indexer import Indexer, docid_for
@@ -68,12 +69,19 @@ def test_heic_and_avif_index_like_the_png_they_were_made_from(tmp_path, tiny):
     folder.mkdir()
     img = scene_image(3).resize((320, 240))
     img.save(folder / "ref.png")
-    pillow_heif.from_pillow(img).save(folder / "phone.heic", quality=95)  # not registered here: clipseek does
+    tags = Image.Exif()  # as a phone writes it: make, model, date taken with its offset
+    tags[0x010F], tags[0x0110] = "Apple", "iPhone 15"
+    tags.get_ifd(0x8769).update({0x9003: "2024:05:06 07:08:09", 0x9011: "-04:00"})
+    pillow_heif.from_pillow(img).save(folder / "phone.heic", quality=95, exif=tags.tobytes())  # not registered
+    # here: clipseek registers the decoder itself
     img.save(folder / "web.avif", format="AVIF", quality=95)
     report, docs = index(folder, tmp_path / "c", tiny)
     assert report.indexed == 3 and not report.failed, report.failed
     assert docs["phone.heic"].format == "HEIF" and docs["web.avif"].format == "AVIF"
     assert (docs["phone.heic"].width, docs["phone.heic"].height) == (320, 240)
+    phone = docs["phone.heic"]
+    assert (phone.camera, phone.taken_tz, phone.taken_source) == ("Apple iPhone 15", "-04:00", "exif")
+    assert phone.taken == 1714993689.0  # 2024-05-06 11:08:09 UTC
     ref = docs["ref.png"].vectors["tiny_image"]
     assert cos(docs["phone.heic"].vectors["tiny_image"], ref) > 0.97
     assert cos(docs["web.avif"].vectors["tiny_image"], ref) > 0.97
