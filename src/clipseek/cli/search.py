@@ -170,7 +170,7 @@ def hyperlink(path: str) -> str:
               help="Only photos from cameras whose make and model contain TEXT (case-insensitive): --camera iphone.")
 @click.option("--near", default=None, metavar="LAT,LON,KM", help="Only photos taken within KM of a place (EXIF GPS).")
 @click.option("--sort", type=click.Choice(["relevance", "date"]), default="relevance", show_default=True,
-              help="date: the relevant hits (see --min-relevance), newest first.")
+              help="date: the relevant hits (--min-relevance; among the 400 most relevant), newest first.")
 @click.option("--min-relevance", type=float, default=None, metavar="R",
               help="Leave out hits whose relevance is below R. Relevance is Vespa's closeness for angular "
                    "distance, 1/(1 + angle in radians): 1 for the same direction, 0.5 at cosine 0.54.")
