@@ -323,3 +323,18 @@ def test_tiny_built_from_its_weights_equals_the_bundled_towers(tmp_path):
     got, want = onnx_vectors(tmp_path, tokens, pixels), onnx_vectors(bundled, tokens, pixels)
     assert_parity(got[0], want[0])
     assert_parity(got[1], want[1])
+
+
+@pytest.mark.parametrize("key, value, said", [("visual.proj", np.nan, "image tower (image.onnx) gives NaN"),
+                                              ("text_projection", 0.0, "text tower (text.onnx) gives a zero vector")])
+def test_damaged_weights_fail_the_check_and_nothing_is_cached(tmp_path, key, value, said):
+    """The towers run on fixed inputs before they are cached: NaN or all-zero outputs stop the fetch, by name."""
+    from clipseek.models.loader import resolve
+
+    state = read_weights(resolve("tiny") / "weights.npz")
+    state[key] = np.full_like(state[key], value)
+    bad = tmp_path / "damaged.npz"
+    np.savez(bad, **state)
+    with pytest.raises(ModelError, match=said.replace("(", r"\(").replace(")", r"\)")):
+        fetch_model(get_spec("tiny"), weights=bad, exporter="builder", out=tmp_path / "m")
+    assert not (tmp_path / "m").exists() and [p.name for p in tmp_path.iterdir()] == ["damaged.npz"]

@@ -156,7 +156,7 @@ def check_towers(folder: Path, spec: ModelSpec) -> None:
     outputs = {"text": run("text", "input_ids", tokens), "image": run("image", "pixel_values", pixels)}
     short = run("text", "input_ids", np.ascontiguousarray(tokens[:, :cut]))
     for tower, vectors in outputs.items():
-        where = f"{folder / (tower + '.onnx')}"
+        where = f"{spec.name}'s {tower} tower ({tower}.onnx)"
         if vectors.shape != (3, spec.embed_dim):
             raise ModelError(f"{where} gives vectors of shape {vectors.shape}, expected (3, {spec.embed_dim})")
         if not np.isfinite(vectors).all():
@@ -167,7 +167,7 @@ def check_towers(folder: Path, spec: ModelSpec) -> None:
                              "degenerate; delete the weights file and fetch again")
     cos = (short * outputs["text"]).sum(1) / (np.linalg.norm(short, axis=1) * np.linalg.norm(outputs["text"], axis=1))
     if cos.min() < 0.9999:
-        raise ModelError(f"{folder / 'text.onnx'} changes its output when padding is cut (cos {cos.min():.5f}): "
+        raise ModelError(f"{spec.name}'s text tower changes its output when padding is cut (cos {cos.min():.5f}): "
                          "its attention is not causal, so clipseek's early exit would be wrong")
 
 
