@@ -224,15 +224,10 @@ def _need_torch() -> Any:
 def _torch_installed() -> None:
     """Raise if torch or open_clip is missing, without importing them (open_clip and torchvision take seconds:
     a refusal in words should not wait for them)."""
-    import importlib.util
+    from .models.loader import torch_installed
 
-    for name in ("torch", "open_clip"):
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except (ValueError, ImportError):
-            found = False
-        if not found:
-            raise ExportDependencyError("a fine-tune", "torch and open_clip")
+    if not torch_installed():
+        raise ExportDependencyError("a fine-tune", "torch and open_clip")
 
 
 def base_torch_model(base: str, spec: ModelSpec, folder: Path, log: Log) -> Any:

@@ -51,13 +51,14 @@ _RESNET_KEYS = {"image_size", "layers", "width", "head_width", "patch_size"}
 _TEXT_KEYS = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio"}
 _DEFAULTS: dict[str, Any] = {
     "ls_init_value": None, "patch_dropout": 0.0, "attentional_pool": False, "no_ln_pre": False,
-    "pos_embed_type": "learnable", "final_ln_after_pool": False, "pool_type": None, "output_tokens": False,
+    "pos_embed_type": "learnable", "final_ln_after_pool": False, "output_tokens": False,
     "act_kwargs": None, "norm_kwargs": None, "block_type": None, "qk_norm": False, "scaled_cosine_attn": False,
     "scale_heads": False, "scale_attn_inner": False, "scale_attn": False, "scale_fc": False,
     "timm_model_name": None, "hf_model_name": None, "hf_tokenizer_name": None, "tokenizer_mode": None,
     "tokenizer_kwargs": None, "embed_cls": False, "pad_id": 0, "no_causal_mask": False, "proj_bias": False,
     "proj_type": "linear",
 }
+_POOL_DEFAULT = {"vision_cfg": "tok", "text_cfg": "argmax"}  # the readouts the builder implements
 _TOP_KEYS = {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "init_logit_scale", "init_logit_bias",
              "custom_text"}
 
@@ -80,11 +81,8 @@ def unsupported(spec: ModelSpec) -> str | None:
     for part, cfg, known in (("vision_cfg", vision, _RESNET_KEYS if resnet else _VIT_KEYS),
                              ("text_cfg", text, _TEXT_KEYS)):
         for key, value in cfg.items():
-            if key in known:
-                continue
-            if key in {"pool_type"} and value in ({"vision_cfg": "tok", "text_cfg": "argmax"}[part],):
-                continue
-            if key in _DEFAULTS and value == _DEFAULTS[key]:
+            default = _POOL_DEFAULT[part] if key == "pool_type" else _DEFAULTS.get(key, ...)
+            if key in known or value == default:
                 continue
             why.append(f"{part}.{key}={value!r}")
     if resnet and len(vision["layers"]) != 4:
