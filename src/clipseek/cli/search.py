@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -104,7 +105,7 @@ def _follow(watcher: "FolderWatcher", indexer: "Indexer", roots: tuple[Path, ...
     indexer.progress = lambda done, total: None
 
     def on_batch(changed: list[Path]) -> None:
-        gone_roots = [r for r in roots if r in changed and not r.exists()]
+        gone_roots = [r for r in roots if Path(os.path.abspath(r)) in changed and not r.exists()]
         report = indexer.update(changed)
         if report.indexed or report.reused or report.removed or report.failed:
             click.echo(f"{time.strftime('%H:%M:%S')} {report.summary()}")
