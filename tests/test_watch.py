@@ -187,6 +187,8 @@ def test_network_file_systems_are_polled():
     assert "cifs" in needs_polling([Path("/mnt/nas box/x")], mounts)
     assert needs_polling([Path("/home/me/Pictures")], mounts) is None
     assert needs_polling([Path("/mnt/photosynth")], mounts) is None  # a prefix of the name is not the mount
+    # the deepest mount point wins, whatever order the table lists them in
+    assert needs_polling([Path("/srv/nfs/pics")], "nfs:/x /srv/nfs nfs rw 0 0\n/dev/vdb /srv ext4 rw 0 0\n")
 
 
 def test_serve_watch_answers_follow_the_folder(library, tmp_path):
