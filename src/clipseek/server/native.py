@@ -150,7 +150,8 @@ def routes(shared: Shared, encoder_for: Callable[[str], Encoder], default_model:
         if by_date:  # the relevant ones (above the threshold), newest first
             hits.sort(key=lambda h: -(h.fields.get("taken") or float("-inf")))
         if collapse:  # one hit per group of near-duplicates; only files the server would serve are read
-            hits = collapse_hits(hits, coll, read=lambda doc: served_bytes(coll, doc))
+            roots = coll.indexed_roots()  # once per request, not once per hit
+            hits = collapse_hits(hits, coll, read=lambda doc: served_bytes(doc, roots))
         hits = hits[offset: offset + k] if by_date else hits[:k]
         return {"query": query, "model": model, "field": field, "total": res.total_count, "documents": res.documents,
                 "took_ms": round((time.perf_counter() - started) * 1000, 2), "hits": [
@@ -259,8 +260,8 @@ def routes(shared: Shared, encoder_for: Callable[[str], Encoder], default_model:
                 return run(coll, field, model, vector, params, terms or "image upload")
         return await guarded(go)
 
-    def served_bytes(coll: Collection, doc: Document) -> bytes | None:
-        found = open_original(doc.extra, coll.indexed_roots())
+    def served_bytes(doc: Document, roots: list[bytes]) -> bytes | None:
+        found = open_original(doc.extra, roots)
         if found is None:
             return None
         fd, st = found
