@@ -25,7 +25,7 @@ for target in "." ".[export]"; do
   count=$("$env/bin/python" -m pip list --format=freeze 2>/dev/null | grep -vc '^pip==')
   site=$(site_mib "$env")
   purelib=$("$env/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-  largest=$(du -sm "$purelib"/*/ 2>/dev/null | sort -rn | head -4 | awk '{n=$2; sub(".*/site-packages/","",n); sub("/$","",n); printf "%s%s %d", (NR>1?", ":""), n, $1}')
+  largest=$(du -sm "$purelib"/*/ 2>/dev/null | sort -rn | head -4 | awk '{n=$2; sub(".*/site-packages/","",n); sub("/$","",n); printf "%s%s %d", (NR>1?", ":""), n, $1}' || true)  # head closes the pipe early: not a failure
   printf '| pip install "clipseek%s" | %d | %d | %s |\n' "${target#.}" "$count" "$((site - empty))" "$largest"
 done
 "$work/venv/bin/python" -c 'import torch; print("torch", torch.__version__, "cuda:", torch.version.cuda)'
