@@ -9,9 +9,17 @@ import numpy as np
 import pytest
 
 from clipseek.collection import Collection, Document, Filter
-from clipseek.errors import (CollectionLockedError, CollectionVersionError, FieldError, NotACollectionError,
-                             QueryError, ReadOnlyError, VectorError, YqlSyntaxError)
-from clipseek.index import SNAPSHOT_FORMAT
+from clipseek.errors import (
+    CollectionLockedError,
+    CollectionVersionError,
+    FieldError,
+    NotACollectionError,
+    QueryError,
+    ReadOnlyError,
+    VectorError,
+    YqlSyntaxError,
+)
+from clipseek.hnsw import SNAPSHOT_FORMAT
 from clipseek.summaries import Summaries
 
 DIM = 16
@@ -61,9 +69,10 @@ def brute(docs, q, k, keep=lambda d: True):
 
 def test_closeness_is_vespa_angular_hand_computed(coll):
     # q at 60° from a, 90° from b: closeness = 1/(1+π/3) and 1/(1+π/2)
-    q = np.zeros(DIM); q[0] = 1
-    a = np.zeros(DIM); a[0], a[1] = 0.5 * 3, math.sqrt(3) / 2 * 3  # not normalised: angular ignores length
-    b = np.zeros(DIM); b[2] = 1
+    q, a, b = np.zeros(DIM), np.zeros(DIM), np.zeros(DIM)
+    q[0] = 1
+    a[0], a[1] = 0.5 * 3, math.sqrt(3) / 2 * 3  # not normalised: angular ignores length
+    b[2] = 1
     coll.feed([Document("a", vectors={"tiny_image": a}), Document("b", vectors={"tiny_image": b})])
     res = coll.search(q, field="tiny_image", hits=5)
     assert [h.docid for h in res.hits] == ["a", "b"]
@@ -122,7 +131,9 @@ def test_filters_never_lose_hits(coll, threshold):
     coll.exact_threshold = threshold
     q = np.random.RandomState(3).randn(DIM)
     flt = Filter(folder="/photos/cats", formats=["png"], min_width=300)
-    keep = lambda d: d.path.startswith("/photos/cats/") and d.format == "PNG" and d.width >= 300
+    def keep(d):
+        return d.path.startswith("/photos/cats/") and d.format == "PNG" and d.width >= 300
+
     expected = brute(docs, q, 10, keep)
     res = coll.search(q, field="tiny_image", hits=10, filter=flt)
     assert len(res.hits) == 10
@@ -161,7 +172,7 @@ def test_graph_skips_dead_slots_and_tiny_filters_without_losing_hits(coll):
 def test_a_graph_that_cannot_reach_enough_slots_falls_back_to_exact(coll, monkeypatch):
     """When even a full-width beam finds too few candidates (a part of the graph unreachable), every candidate
     slot is scored exactly: live ones, and only the filter's when there is a filter."""
-    from clipseek.index import AnnIndex
+    from clipseek.hnsw import AnnIndex
     docs = make_docs(600)
     coll.feed(docs)
     coll.exact_threshold = 0
@@ -301,7 +312,7 @@ def test_reopen_keeps_everything_and_the_graph(tmp_path):
         before = [h.docid for h in c.search(q, field="tiny_image", hits=10, target_hits=50).hits]
     assert list((tmp_path / "c" / "ann").glob("tiny_image.300.usearch"))
     with Collection.open(tmp_path / "c", exact_threshold=0) as c:
-        assert c._fields["tiny_image"].ann is not None  # loaded, not rebuilt
+        assert c.vector_index("tiny_image").graph is not None  # loaded, not rebuilt
         assert [h.docid for h in c.search(q, field="tiny_image", hits=10, target_hits=50).hits] == before
         c.remove("d0")
         c.feed(make_docs(1, seed=9))  # d0 again, new vector: graph snapshot is now stale
@@ -319,7 +330,7 @@ def test_a_snapshot_of_an_older_graph_format_is_rebuilt_not_loaded(tmp_path):
     sidecar = tmp_path / "c" / "ann" / "tiny_image.300.json"
     sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "format": "usearch-i8-ip-1"}))  # older codes
     with Collection.open(tmp_path / "c", exact_threshold=0) as c:
-        assert c._fields["tiny_image"].ann is None  # not loaded: rebuilt by the first search
+        assert c.vector_index("tiny_image").graph is None  # not loaded: rebuilt by the first search
         assert c.search(docs[5].vectors["tiny_image"], field="tiny_image", hits=1).hits[0].docid == "d5"
     assert json.loads(sidecar.read_text())["format"] == SNAPSHOT_FORMAT
 
@@ -360,6 +371,7 @@ def test_newer_format_is_refused_with_upgrade_message(tmp_path):
 def test_two_processes_creating_one_collection_migrate_it_once(tmp_path):
     """A reader that opens a collection while its creator is still migrating it waits, then sees it migrated."""
     import sqlite3
+
     from clipseek import store
     from clipseek.collection import _lock
     folder = tmp_path / "c"
@@ -476,7 +488,7 @@ def test_the_graph_codes_use_the_int8_range_and_rank_near_float32(tmp_path):
         c.add_field("big_image", "big", 512)
         c.feed([Document(str(i), vectors={"big_image": v}) for i, v in enumerate(data)])
         c.search(data[0], field="big_image")
-        ann = c._fields["big_image"].ann
+        ann = c.vector_index("big_image").graph
         codes = np.abs(np.stack(ann._index.get(np.arange(3000, dtype=np.uint64))).astype(np.int32))
         assert codes.max() == 127 and np.percentile(codes, 99) > 60
         found = 0
@@ -494,8 +506,8 @@ def test_a_query_along_one_axis_saturates_its_codes_rather_than_wrapping(tmp_pat
         c.add_field("f_image", "m", 64)
         c.feed([Document(str(i), vectors={"f_image": v}) for i, v in enumerate(rng.standard_normal((3000, 64)))])
         c.feed([Document(f"axis{i}", vectors={"f_image": v}) for i, v in enumerate(axes)])
-        found = [c.search(np.eye(64)[i], field="f_image", hits=1, target_hits=1, explore_additional_hits=20).hits[0].docid
-                 for i in range(20)]
+        found = [c.search(np.eye(64)[i], field="f_image", hits=1, target_hits=1,
+                          explore_additional_hits=20).hits[0].docid for i in range(20)]
         assert sum(d == f"axis{i}" for i, d in enumerate(found)) >= 19, found
 
 
@@ -539,7 +551,7 @@ def test_reader_maps_the_graph_and_follows_the_writer(tmp_path):
         c.feed(docs)
         c.search(np.ones(DIM), field="tiny_image")  # builds the graph; close() snapshots it
     reader = Collection.open(tmp_path / "c", readonly=True, exact_threshold=0)
-    assert reader._fields["tiny_image"].ann.is_view
+    assert reader.vector_index("tiny_image").graph.is_view
     q = docs[7].vectors["tiny_image"]
     assert reader.search(q, field="tiny_image", hits=1).hits[0].docid == "d7"
     with Collection.open(tmp_path / "c", exact_threshold=0) as writer:
@@ -556,7 +568,7 @@ def test_graph_first_then_onnxruntime_does_not_crash():
     import subprocess
     import sys
     code = ("import numpy as np\n"
-            "from clipseek.index import AnnIndex, HnswParams\n"
+            "from clipseek.hnsw import AnnIndex, HnswParams\n"
             "a = AnnIndex(4, HnswParams())\n"
             "a.extend(np.eye(4, dtype=np.float32), 4)\n"
             "import onnxruntime\n"
@@ -575,7 +587,7 @@ def _hits(c, queries, **kw):
 def _warm(c, q):
     for _ in range(Summaries.WARM_AFTER):
         c.search(q, field="tiny_image", hits=1)
-    assert c._summary.in_memory and c._summary.memory_bytes > 0
+    assert c.summaries.in_memory and c.summaries.memory_bytes > 0
 
 
 def test_hits_from_the_in_memory_summaries_match_sqlite_through_writes(tmp_path):
@@ -587,13 +599,13 @@ def test_hits_from_the_in_memory_summaries_match_sqlite_through_writes(tmp_path)
         c.add_field("tiny_image", "tiny", DIM)
         c.feed(docs)
         cold = _hits(c, queries) + _hits(c, queries, filter=Filter(folder="/photos/cats"))
-        assert not c._summary.in_memory
+        assert not c.summaries.in_memory
         _warm(c, queries[0])
         assert _hits(c, queries) + _hits(c, queries, filter=Filter(folder="/photos/cats")) == cold
 
         def same_as_cold():
             with Collection.open(tmp_path / "c", readonly=True, exact_threshold=0) as reader:
-                assert not reader._summary.in_memory
+                assert not reader.summaries.in_memory
                 assert _hits(c, queries) == _hits(reader, queries)
 
         c.update("d1", attributes={"path": "/photos/moved/1.jpg", "width": 640})

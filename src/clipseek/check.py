@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import store
-from .index import SNAPSHOT_FORMAT, file_crc32
+from .hnsw import SNAPSHOT_FORMAT, file_crc32
 
 
 @dataclass

@@ -1,0 +1,277 @@
+"""One vector field of a collection: its rows, which document owns each, and how a query finds the nearest.
+
+A field's rows live in ``vectors/<field>.f32`` (:class:`clipseek.store.VectorFile`), appended in order; a row's
+index is its *slot*. Replacing or removing a document leaves its old slot dead (``doc_of_slot[slot] == -1``);
+searches never return dead slots. Nothing here reads SQLite: the collection tells a field which documents own
+which slots (at open, from the store, and after each committed write).
+
+Search is Vespa's: the ``k`` (targetHits) nearest live documents, optionally only those a filter allows (the
+filter is applied *before* choosing neighbours, so a filter never costs hits that exist). The plan is exact
+(score every candidate) when the candidates are few — at most ``exact_threshold`` or ``k``, or a filter passing
+less than Vespa's approximate-threshold of 5 % — or when the query says ``approximate: false``; otherwise HNSW
+(:mod:`clipseek.hnsw`) proposes a beam of targetHits + exploreAdditionalHits candidates. Either way every
+candidate is scored exactly from the float32 rows, so a document's relevance is the same whichever plan ran.
+
+Publication order, which concurrent searches rely on: a new slot's norm and row are in place before any
+document maps to it, and a search works on one snapshot of ``doc_of_slot`` (replaced, never grown in place).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import store
+from .errors import CollectionDamagedError, VectorError
+from .hnsw import AnnIndex, HnswParams, closeness
+
+APPROXIMATE_THRESHOLD = 0.05  # Vespa's default approximate-threshold: below it, exact search
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    name: str
+    model: str
+    dim: int
+
+
+@dataclass(frozen=True)
+class Neighbors:
+    """The nearest documents, best first (closeness, then document id): ids, closeness and cosine."""
+
+    docs: np.ndarray
+    closeness: np.ndarray
+    cosine: np.ndarray
+    plan: str  # "exact" or "hnsw"
+
+
+def inverse(norms: np.ndarray) -> np.ndarray:
+    """1 / norm, and 0 for a zero row (whose cosine with anything is then 0)."""
+    out = np.zeros(len(norms), np.float32)
+    np.divide(1.0, norms, out=out, where=norms > 0)
+    return out
+
+
+class VectorIndex:
+    """A field's vector rows, slot ↔ document maps, inverse norms and (built on first need) its HNSW graph."""
+
+    def __init__(self, folder: Path, info: FieldInfo, next_slot: int, hnsw: HnswParams) -> None:
+        self.info = info
+        self.hnsw = hnsw
+        self.folder = folder
+        self.vectors = store.VectorFile(folder / "vectors" / f"{info.name}.f32", info.dim, next_slot)
+        self.doc_of_slot = np.full(next_slot, -1, dtype=np.int64)
+        self.slot_of_doc = np.full(0, -1, dtype=np.int64)  # by internal document id; -1: none in this field
+        self.inv_norms = np.zeros(0, dtype=np.float32)  # 1 / |row| (0 for a zero row): cosines are products
+        self.graph: AnnIndex | None = None
+        self.verified = 0  # rows whose checksum was checked (and whose norms were computed) from the data
+        self._live: tuple[int, int, np.ndarray | None] = (-1, -1, None)  # (version, rows, bitmap)
+        self.version = 0  # bumped whenever a slot dies (doc_of_slot changes in place)
+        self._build_lock = threading.Lock()
+        self.live = 0  # live slots: documents with a vector in this field
+
+    @property
+    def next_slot(self) -> int:
+        return self.vectors.rows
+
+
+    # ---- the document ↔ slot maps ------------------------------------------------------------------------
+    def map_slots(self, docs: np.ndarray, slots: np.ndarray) -> None:
+        """Set the maps from the store's (document, slot) pairs, at open."""
+        self.doc_of_slot[slots] = docs
+        self.live = len(docs)
+        self.slot_of_doc = np.full(int(docs.max()) + 1 if len(docs) else 0, -1, dtype=np.int64)
+        self.slot_of_doc[docs] = slots
+
+    def slot(self, doc: int) -> int | None:
+        table = self.slot_of_doc
+        slot = int(table[doc]) if 0 <= doc < len(table) else -1
+        return slot if slot >= 0 else None
+
+    def row(self, doc: int) -> np.ndarray | None:
+        """A copy of the document's vector, or None when it has none in this field."""
+        slot = self.slot(doc)
+        return None if slot is None else np.array(self.vectors.array()[slot])
+
+    def kill(self, slots: np.ndarray) -> None:
+        """Slots whose documents were removed or got another vector: never returned again."""
+        table = self.slot_of_doc
+        for s, d in zip(slots.tolist(), self.doc_of_slot[slots].tolist()):
+            if d >= 0:
+                self.live -= 1
+                if d < len(table) and table[d] == s:
+                    table[d] = -1
+        self.doc_of_slot[slots] = -1
+        self.version += 1
+
+    def publish(self, slots: np.ndarray, owners: np.ndarray, norms: np.ndarray) -> None:
+        """New rows (written and committed) and their owners become searchable: norms and rows first, then the
+        maps, so a concurrent search never sees a slot without its vector."""
+        self.inv_norms = np.concatenate([self.inv_norms[: slots[0]], inverse(norms)])
+        self.vectors.commit(int(slots[-1]) + 1)
+        self.verified = self.vectors.rows  # written by this process, checksummed as written
+        doc_of_slot = np.concatenate([self.doc_of_slot, np.full(len(slots), -1, np.int64)])
+        doc_of_slot[slots] = owners
+        self.doc_of_slot = doc_of_slot
+        need = int(owners.max()) + 1
+        table = self.slot_of_doc
+        if need > len(table):
+            table = np.concatenate([table, np.full(max(need - len(table), len(table) // 2), -1, np.int64)])
+        table[owners] = slots
+        self.slot_of_doc = table
+        self.live += len(slots)
+        if self.graph is not None:
+            self.graph.extend(self.vectors.array(), self.next_slot)
+
+    # ---- opening ------------------------------------------------------------------------------------------
+    def verify(self, old: VectorIndex | None, *, readonly: bool) -> list[str]:
+        """Check the rows not verified yet (all at open; a reader's reload only the new ones) and set the norms
+        from the data; returns the problems (garbled rows that documents use, a truncated file). A norm file that
+        disagrees with the rows is derived data: corrected, on disk too when writing."""
+        start = 0
+        if old is not None and old.info == self.info and old.verified <= self.next_slot:
+            start = old.verified
+            self.inv_norms = old.inv_norms[:start]
+        try:
+            norms, bad, covered = self.vectors.verify(start)
+        except CollectionDamagedError as exc:
+            return [f"field {self.info.name}: {p}" for p in exc.problems]
+        live_bad = [int(s) for s in bad if self.doc_of_slot[s] >= 0]
+        if live_bad:
+            return [f"field {self.info.name}: {len(live_bad)} vector rows fail their checksum in "
+                    f"{self.vectors.path.name} (slots {', '.join(map(str, live_bad[:5]))}"
+                    f"{', …' if len(live_bad) > 5 else ''})"]
+        if not readonly and (covered < len(norms)  # a reader uses the norms computed here, never the file
+                             or not np.allclose(self.vectors.norms(start), norms, rtol=1e-5, atol=1e-7)):
+            self.vectors.rewrite_derived(start, norms)
+        self.inv_norms = np.concatenate([self.inv_norms, inverse(norms)])
+        self.verified = self.next_slot
+        return []
+
+    def load_graph(self, old: VectorIndex | None, *, readonly: bool) -> None:
+        """Take over ``old``'s graph, or the newest snapshot (memory-mapped for a reader), and add the slots
+        committed since; without either, the graph is built by the first search that needs it."""
+        if old is not None and old.graph is not None and not old.graph.is_view and len(old.graph) <= self.next_slot:
+            self.graph = old.graph
+        else:  # the newest snapshot; a stale memory-mapped one is read in full so it can catch up
+            ann_dir, name, dim = self.folder / "ann", self.info.name, self.info.dim
+            self.graph = AnnIndex.load(ann_dir, name, dim, self.hnsw, view=readonly, max_covered=self.next_slot)
+            if self.graph is not None and self.graph.is_view and len(self.graph) < self.next_slot:
+                self.graph = AnnIndex.load(ann_dir, name, dim, self.hnsw, max_covered=self.next_slot)
+        if self.graph is not None:  # slots committed after the snapshot (or by another process) join the graph
+            self.graph.extend(self.vectors.array(), self.next_slot)
+
+    def save_graph(self) -> None:
+        if self.graph is not None and not self.graph.is_view:
+            self.graph.save(self.folder / "ann", self.info.name)
+
+    # ---- searching ----------------------------------------------------------------------------------------
+    def check_query(self, value: Any) -> np.ndarray:
+        """``value`` as a query vector for this field, or a VectorError saying what is wrong with it."""
+        try:
+            arr = np.asarray(value, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise VectorError(f"query tensor for {self.info.name} must be a list of numbers ({exc})") from exc
+        if arr.shape[0] != self.info.dim:
+            raise VectorError(f"query tensor has {arr.shape[0]} values but field {self.info.name} holds "
+                              f"{self.info.dim}-dim vectors of model {self.info.model}")
+        if not np.isfinite(arr).all():
+            raise VectorError("query tensor contains NaN or infinity")
+        return arr
+
+    def cosines(self, q: np.ndarray, slots: np.ndarray | None = None, rows: int = 0) -> np.ndarray:
+        """Cosines of ``q`` with the rows at ``slots``, or with the first ``rows`` rows (0 for zero vectors)."""
+        qq = float(q @ q)
+        scale = np.float32(1.0 / math.sqrt(qq) if qq > 0 else 0.0)
+        if slots is None:
+            cos: np.ndarray = (self.vectors.array()[:rows] @ q) * self.inv_norms[:rows] * scale
+        else:
+            cos = (self.vectors.array()[slots] @ q) * self.inv_norms[slots] * scale
+        return cos
+
+    def slots_of(self, docs: np.ndarray, rows: int) -> np.ndarray:
+        """The live slots (below ``rows``) of these documents, for those that have one."""
+        table = self.slot_of_doc
+        docs = docs[docs < len(table)]
+        slots: np.ndarray = table[docs]
+        return slots[(slots >= 0) & (slots < rows)]
+
+    def nearest(self, q: np.ndarray, k: int, *, explore: int = 0, approximate: bool | None = None,
+                allowed: np.ndarray | None = None, exact_threshold: int = 4096) -> Neighbors:
+        """The ``k`` nearest live documents (of ``allowed``, document ids, when given), best first."""
+        doc_of_slot = self.doc_of_slot  # one consistent snapshot for this search
+        rows = len(doc_of_slot)
+        filtered = None if allowed is None else self.slots_of(allowed, rows)
+        n_candidates = self.live if filtered is None else len(filtered)
+        exact = (approximate is False or n_candidates <= max(exact_threshold, k)
+                 or (filtered is not None and n_candidates < APPROXIMATE_THRESHOLD * self.live))
+        if exact:
+            plan = "exact"
+            if filtered is None:  # score every row in place (no gather), then drop dead slots
+                cos = self.cosines(q, rows=rows)
+                live = doc_of_slot >= 0
+                slots = np.flatnonzero(live)
+                if len(slots) < rows:
+                    cos = cos[live]
+            else:
+                slots = filtered
+                cos = self.cosines(q, slots)
+        else:
+            plan = "hnsw"
+            slots = self._beam(doc_of_slot, q, k, explore, filtered, n_candidates)
+            cos = self.cosines(q, slots)
+        if len(slots) == 0 or k == 0:
+            empty = np.zeros(0)
+            return Neighbors(empty.astype(np.int64), empty, empty, plan)
+        if len(cos) > 8 * k:  # the k best (any of those tied at the k-th) of many, before sorting
+            part = np.argpartition(-cos, k - 1)[:k]
+            cos, slots = cos[part], slots[part]
+        docs = doc_of_slot[slots]
+        order = np.lexsort((docs, -cos))[:k]  # relevance (closeness is strictly increasing in cos), then document
+        cos = cos[order]
+        return Neighbors(docs[order], closeness(cos), cos, plan)
+
+    def _graph(self) -> AnnIndex:
+        with self._build_lock:  # one build; the collection's writer adds later rows as it publishes them
+            if self.graph is None:
+                graph = AnnIndex(self.info.dim, self.hnsw)
+                graph.extend(self.vectors.array(), self.next_slot)
+                self.graph = graph
+            return self.graph
+
+    def _beam(self, doc_of_slot: np.ndarray, q: np.ndarray, k: int, explore: int, filtered: np.ndarray | None,
+              n_candidates: int) -> np.ndarray:
+        """The beam's candidate slots: live ones, and of ``filtered`` (the filter's slots) when given."""
+        graph = self._graph()
+        rows = min(len(graph), len(doc_of_slot))
+        if filtered is None:
+            allow = self.live_bitmap(rows)
+        else:  # the filter's live slots: the graph is walked through the others, which are never returned
+            mask = np.zeros(rows, dtype=bool)
+            mask[filtered[filtered < rows]] = True
+            allow = np.packbits(mask, bitorder="little")
+        ef = k + explore
+        want = min(ef, n_candidates)  # as Vespa: a whole beam of candidates that pass (live, in the filter)
+        while True:
+            keys = graph.search(q, k, ef=ef, allow=allow)
+            keys = keys[keys < rows]
+            if len(keys) >= want:
+                return keys
+            if ef >= rows:  # the graph cannot reach them all: every candidate, scored exactly
+                return np.flatnonzero(doc_of_slot >= 0) if filtered is None else filtered
+            # dead slots or a filter took part of the beam: widen it by the share that passed (at least twice)
+            ef = min(rows, max(2 * ef, int(1.25 * ef * want / max(len(keys), 1))))
+
+    def live_bitmap(self, rows: int) -> np.ndarray | None:
+        """Bitmap of the live slots among the first ``rows`` (for the graph's selector); None when all live."""
+        version, cached_rows, bitmap = self._live
+        if version != self.version or cached_rows != rows:
+            live = self.doc_of_slot[:rows] >= 0
+            bitmap = None if live.all() else np.packbits(live, bitorder="little")
+            self._live = (self.version, rows, bitmap)
+        return bitmap
