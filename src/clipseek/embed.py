@@ -40,7 +40,7 @@ import numpy as np
 
 from .errors import ClipseekError, ImageError
 from .indexer import display_path, read_image_file, supported_extensions, walk
-from .models.registry import ModelSpec
+from .models.spec import ModelSpec, parse_ref
 from .shards import Row, ShardSet
 from .transforms import DEFAULT_MAX_PIXELS, open_image, preprocess
 
@@ -309,7 +309,7 @@ def embed(sources: Sequence[str], out: Path, *, model: str, shard_size: int = 10
     items = list_sources(sources, skip=[out])  # first: a wrong source costs no model download
     folder = resolve(model)
     spec = read_model_dir_spec(folder)
-    ref = f"local-dir:{folder.resolve()}" if model.startswith("local-dir:") else spec.name
+    ref = parse_ref(model).canonical if parse_ref(model).folder is not None else spec.name
     shards = ShardSet.open(out, model=ref, image_model=spec.image_model or ref, field=spec.field_name,
                            dim=spec.embed_dim, create=True)
     lock = shards.lock()
@@ -376,7 +376,7 @@ class _Collector:
             self.shards.write(number, [r for r, _ in ordered], [v for _, v in ordered])
             del self.rows[number], self.expected[number]
             self.report.shards += 1
-            for r, v in ordered:
+            for r, _vector in ordered:
                 if r.error:
                     self.report.failed.append((r.path, r.error))
                 else:
@@ -499,8 +499,9 @@ def _run_ray(todo: dict[int, list[bytes]], shards: ShardSet, address: str, model
     # Decoding is cheap next to a CLIP tower: a decode task takes half a CPU, an actor what is left for it.
     ds = ds.map_batches(decode_batch, fn_kwargs={"pre": pre}, batch_size=per_task, batch_format="numpy",
                         num_cpus=0.5)
-    ds = ds.map_batches(EncodeActor, fn_constructor_kwargs={"model": model, "threads": threads or max(1, cpus // workers),
-                                                            "runtime": runtime, "batch_size": batch_size},
+    actor = {"model": model, "threads": threads or max(1, cpus // workers), "runtime": runtime,
+             "batch_size": batch_size}
+    ds = ds.map_batches(EncodeActor, fn_constructor_kwargs=actor,
                         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
                         num_cpus=max(0.5, min(1.0, (cpus - 0.5) / workers)),
                         num_gpus=1 if runtime.get("device") == "cuda" else None)

@@ -42,7 +42,7 @@ import numpy as np
 from .errors import ClipseekError, ExportDependencyError, ImageError
 from .evaluate import KS, metrics, read_captions
 from .models import modeldir
-from .models.registry import LOCAL_DIR_PREFIX, ModelSpec
+from .models.spec import ModelSpec, parse_ref
 
 Log = Callable[[str], None]
 MODES = ("text", "full")
@@ -232,13 +232,13 @@ def _torch_installed() -> None:
 
 def base_torch_model(base: str, spec: ModelSpec, folder: Path, log: Log) -> Any:
     """The base model in torch: shipped weights (``weights.npz``, as the tiny model has) or the registry's."""
-    from .models.loader import _load_open_clip, download_weights
     from . import paths
+    from .models.loader import _load_open_clip, download_weights
     from .train import WEIGHTS_FILE, load_weights
 
     if (folder / WEIGHTS_FILE).is_file():
         return load_weights(spec, folder / WEIGHTS_FILE)
-    if base.startswith(LOCAL_DIR_PREFIX) or not spec.weights:
+    if parse_ref(base).folder is not None or not spec.weights:
         raise FinetuneError(f"{base} has no torch weights to start from ({folder / WEIGHTS_FILE} is missing): "
                             "fine-tune a registry model (see `clipseek models`) or the bundled tiny")
     weights = download_weights(spec, paths.cache_dir() / "weights", log)
@@ -503,7 +503,8 @@ def _image_side(pairs: PairData, encoder: Any, mode: str, work: Path, failed: li
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
         what = "embedding" if mode == "text" else "preparing"
         say(f"{what} {len(split.images)} {name} images with the base model's image tower")
-        with tqdm(total=len(split.images), unit="img", desc=f"{name} images", disable=None if progress else True) as bar:
+        with tqdm(total=len(split.images), unit="img", desc=f"{name} images",
+                  disable=None if progress else True) as bar:
             for start in range(0, len(split.images), 64):
                 chunk = split.images[start:start + 64]
                 pixels, rows = [], []

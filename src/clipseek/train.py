@@ -20,7 +20,8 @@ import numpy as np
 
 from . import synth
 from .models.build import COMPACT_TOKEN_IDS
-from .models.registry import ModelSpec, get_spec
+from .models.registry import get_spec
+from .models.spec import ModelSpec
 from .tokenizer import get_tokenizer
 from .transforms import preprocess
 

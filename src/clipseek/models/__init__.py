@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .encoder import TOWERS, Encoder, ImageBatch, OnnxEncoder, OpenVinoEncoder, l2_normalize, open_encoder
+from .encoder import (
+    TOWERS,
+    Encoder,
+    ImageBatch,
+    OnnxEncoder,
+    OpenVinoEncoder,
+    l2_normalize,
+    open_encoder,
+)
 from .loader import fetch_model, resolve
-from .registry import DEFAULT_MODEL, ModelSpec, available_models, get_spec
+from .registry import DEFAULT_MODEL, available_models, get_spec
 from .runtime import Backend, Precision, Runtime, choose
+from .spec import ModelSpec, parse_ref
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = [
     "DEFAULT_MODEL", "Backend", "Encoder", "ImageBatch", "ModelSpec", "OnnxEncoder", "OpenVinoEncoder", "Precision",
     "Runtime", "available_models", "choose", "fetch_model", "get_spec", "l2_normalize", "load_model", "open_encoder",
-    "resolve",
+    "TOWERS", "parse_ref", "resolve",
 ]
 
 
@@ -38,6 +50,7 @@ def load_model(
     measured = read_record(folder)
     runtimes = {t: choose(backend, precision, device, measured=measured, tower=t) for t in TOWERS}
     encoder = open_encoder(folder, runtime=runtimes, threads=threads, batch_size=batch_size)
-    if name.startswith("local-dir:"):
-        encoder._ref = f"local-dir:{folder.resolve()}"
+    ref = parse_ref(name)
+    if ref.folder is not None:
+        encoder._ref = ref.canonical
     return encoder

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import ModelError
 from .export import IMAGE_INPUT, IMAGE_OUTPUT, OPSET, TEXT_INPUT, TEXT_OUTPUT
-from .registry import ModelSpec
+from .spec import ModelSpec
 
 IR_VERSION = 8  # what torch's exporter writes at opset 17; every ONNX Runtime and OpenVINO clipseek runs reads it
 LN_EPS = 1e-5
@@ -183,7 +183,8 @@ def _resnet_shapes(layers: list[int], width: int, size: int, embed: int) -> dict
         **_bn_shapes("visual.bn1", half), **_bn_shapes("visual.bn2", half), **_bn_shapes("visual.bn3", width),
     }
     for prefix, inplanes, planes, stride in _resnet_blocks(layers, width):
-        out.update({f"{prefix}.conv1.weight": (planes, inplanes, 1, 1), f"{prefix}.conv2.weight": (planes, planes, 3, 3),
+        out.update({f"{prefix}.conv1.weight": (planes, inplanes, 1, 1),
+                    f"{prefix}.conv2.weight": (planes, planes, 3, 3),
                     f"{prefix}.conv3.weight": (planes * 4, planes, 1, 1)})
         out.update({**_bn_shapes(f"{prefix}.bn1", planes), **_bn_shapes(f"{prefix}.bn2", planes),
                     **_bn_shapes(f"{prefix}.bn3", planes * 4)})
@@ -193,7 +194,8 @@ def _resnet_shapes(layers: list[int], width: int, size: int, embed: int) -> dict
     features, grid = width * 32, size // 32
     out["visual.attnpool.positional_embedding"] = (grid * grid + 1, features)
     for name in ("q_proj", "k_proj", "v_proj"):
-        out.update({f"visual.attnpool.{name}.weight": (features, features), f"visual.attnpool.{name}.bias": (features,)})
+        out.update({f"visual.attnpool.{name}.weight": (features, features),
+                    f"visual.attnpool.{name}.bias": (features,)})
     out.update({"visual.attnpool.c_proj.weight": (embed, features), "visual.attnpool.c_proj.bias": (embed,)})
     return out
 
@@ -287,7 +289,8 @@ class _Graph:
             if output in node.output:
                 node.output[list(node.output).index(output)] = output_info.name
         graph = helper.make_graph(self.nodes, name, inputs, [output_info],
-                                  initializer=[numpy_helper.from_array(self.initializers.pop(k), k)  # each array freed once copied
+                                  # each array is freed once copied
+                                  initializer=[numpy_helper.from_array(self.initializers.pop(k), k)
                                                for k in list(self.initializers)])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                   producer_name="clipseek", producer_version=_version())

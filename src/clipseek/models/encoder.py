@@ -21,10 +21,16 @@ from PIL import Image
 
 from ..errors import ImageError, ModelError
 from ..tokenizer import get_tokenizer
-from ..transforms import DEFAULT_MAX_PIXELS, ImageInfo, ImageInput, open_image, preprocess
+from ..transforms import (
+    DEFAULT_MAX_PIXELS,
+    ImageInfo,
+    ImageInput,
+    open_image,
+    preprocess,
+)
 from . import modeldir
-from .registry import ModelSpec
 from .runtime import Precision, Runtime, choose
+from .spec import ModelSpec
 
 
 @dataclass

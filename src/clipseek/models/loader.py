@@ -23,7 +23,8 @@ from typing import Any, Callable
 from .. import paths
 from ..errors import ExportDependencyError, ModelError, ModelNotAvailableError
 from . import modeldir
-from .registry import LOCAL_DIR_PREFIX, ModelSpec, get_spec
+from .registry import get_spec
+from .spec import ModelSpec, parse_ref
 
 Progress = Callable[[str], None]
 
@@ -34,10 +35,10 @@ def model_cache_dir(spec: ModelSpec, cache: Path | None = None) -> Path:
 
 def resolve(name: str, *, cache: Path | None = None, fetch: bool = True, progress: Progress | None = None) -> Path:
     """The folder holding ``name``'s exported towers, fetching and exporting it first if allowed."""
-    if name.startswith(LOCAL_DIR_PREFIX):
-        folder = Path(name[len(LOCAL_DIR_PREFIX):]).expanduser()
-        modeldir.read_manifest(folder)
-        return folder
+    ref = parse_ref(name)
+    if ref.folder is not None:
+        modeldir.read_manifest(ref.folder)
+        return ref.folder
     spec = get_spec(name)
     if spec.bundled_dir:
         return Path(str(resources.files("clipseek.models").joinpath(spec.bundled_dir)))

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError
-from .registry import ModelSpec
+from .spec import ModelSpec
 
 MANIFEST = "clipseek.json"
 FORMAT = 1
