@@ -128,7 +128,8 @@ class ReadOnlyError(CollectionError):
 class CollectionDamagedError(CollectionError):
     def __init__(self, path: Path, problems: Sequence[str]) -> None:
         self.path, self.problems = path, list(problems)
-        listed = "; ".join(self.problems[:5]) + (f"; and {len(self.problems) - 5} more" if len(self.problems) > 5 else "")
+        more = len(self.problems) - 5
+        listed = "; ".join(self.problems[:5]) + (f"; and {more} more" if more > 0 else "")
         super().__init__(f"collection {path} is damaged: {listed}. Run `clipseek check --repair --collection {path}` "
                          "to rebuild what is derived and list what must be re-indexed")
 
@@ -157,6 +158,10 @@ class IllegalQueryError(QueryError):
 
 class FieldError(QueryError):
     pass
+
+
+class NoVectorsError(FieldError):
+    """The collection holds no vectors to search for the model asked for (or none at all)."""
 
 
 class VectorError(QueryError):

@@ -27,12 +27,18 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-
-from .collection import DEFAULT_TARGET_HITS, MAX_HITS, MAX_OFFSET, Collection, SearchResult
+from .collection import (
+    DEFAULT_TARGET_HITS,
+    MAX_HITS,
+    MAX_OFFSET,
+    Collection,
+    SearchResult,
+)
 from .errors import FieldError, IllegalQueryError, QueryError
-from .yql import parse as parse_yql
 from .models.encoder import Encoder
+from .schema import ModelNames
 from .tensors import TENSOR_FORMS, parse_tensor
+from .yql import parse as parse_yql
 
 MAX_INPUT_CHARS = 20_000  # CLIP reads 77 tokens; a longer text is a mistake or an attack
 _TENSOR_PARAM = re.compile(r"^(?:input\.query|ranking\.features\.query|rankfeature\.query)\((?P<name>[^)]+)\)$")
@@ -126,9 +132,10 @@ def profile_field(coll: Collection, profile: str | None) -> str | None:
         return None
     assert profile is not None
     fields = coll.fields
-    if profile.endswith("_similarity") and f"{profile[: -len('_similarity')]}_image" in fields:
-        return f"{profile[: -len('_similarity')]}_image"
-    valid = ", ".join(["default"] + [f"{name[: -len('_image')]}_similarity" for name in sorted(fields)])
+    names = ModelNames.of_profile(profile)
+    if names is not None and names.image_field in fields:
+        return names.image_field
+    valid = ", ".join(["default"] + [ModelNames.for_field(name).rank_profile for name in sorted(fields)])
     raise FieldError(f"unknown rank profile {profile!r}; this collection has: {valid}")
 
 
@@ -138,16 +145,18 @@ def query_profile_defaults(coll: Collection, name: str | None) -> dict[str, str]
         return {}
     assert name is not None
     fields = coll.fields
-    if f"{name}_image" not in fields:
-        valid = ", ".join(["default", *(f[: -len("_image")] for f in sorted(fields))])
+    names = ModelNames(name)
+    if names.image_field not in fields:
+        valid = ", ".join(["default", *(ModelNames.for_field(f).slug for f in sorted(fields))])
         raise FieldError(f"Could not resolve query profile '{name}'; this application has: {valid}")
-    return {"ranking.profile": f"{name}_similarity", "yql": profile_yql(name)}
+    return {"ranking.profile": names.rank_profile, "yql": profile_yql(name)}
 
 
 def profile_yql(slug: str, target_hits: int = DEFAULT_TARGET_HITS) -> str:
     """The YQL of query profile ``slug`` (``clipseek vespa export`` writes the same into the package)."""
+    names = ModelNames(slug)
     return (f"select * from image_search where {{targetHits:{target_hits}}}"
-            f"nearestNeighbor({slug}_image, {slug}_text)")
+            f"nearestNeighbor({names.image_field}, {names.text_tensor})")
 
 
 def run(coll: Collection, req: SearchRequest, encoder_for: Callable[[str], Encoder]) -> SearchResult:
@@ -158,7 +167,7 @@ def run(coll: Collection, req: SearchRequest, encoder_for: Callable[[str], Encod
     if yql_text is None:
         raise IllegalQueryError("No query")
     rank_field = profile_field(coll, profile)
-    declared = {f"{rank_field[: -len('_image')]}_text"} if rank_field else set()
+    declared = {ModelNames.for_field(rank_field).text_tensor} if rank_field else set()
     select = parse_yql(yql_text)
     for nn in select.nearest:
         if nn.tensor not in declared:
@@ -170,9 +179,9 @@ def run(coll: Collection, req: SearchRequest, encoder_for: Callable[[str], Encod
         tensors[name] = parse_tensor(json.loads(value) if value.strip()[:1] in "[{" and _is_json(value) else value,
                                      f"input.query({name})")
     if req.text is not None and rank_field is not None:
-        slug = rank_field[: -len("_image")]
-        if f"{slug}_text" not in tensors:  # a request's own tensor wins, as over the query profile's embed()
-            tensors[f"{slug}_text"] = encoder_for(coll.fields[rank_field].model).embed_texts([req.text])[0]
+        tensor = ModelNames.for_field(rank_field).text_tensor
+        if tensor not in tensors:  # a request's own tensor wins, as over the query profile's embed()
+            tensors[tensor] = encoder_for(coll.fields[rank_field].model).embed_texts([req.text])[0]
     return coll.search(yql_query=select, query_tensors=tensors, hits=req.hits, offset=req.offset,
                        rank_field=rank_field)
 

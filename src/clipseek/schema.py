@@ -48,3 +48,41 @@ BY_NAME = {a.name: a for a in ATTRIBUTES}
 NUMERIC = frozenset(a.name for a in ATTRIBUTES if a.numeric)
 #: Added by format version 3 of the collection (the store's migration adds these columns).
 PHOTO_ATTRIBUTES = ("taken", "taken_tz", "taken_source", "camera", "lens", "lat", "lon")
+
+
+@dataclass(frozen=True)
+class ModelNames:
+    """The names one model's vectors go by, from its slug — the convention of Vespa's text-image sample app, one
+    per model: the document's vector field ``<slug>_image``, the query tensor ``<slug>_text``, the rank profile
+    ``<slug>_similarity``, and the query profile and embedder id ``<slug>``."""
+
+    slug: str
+
+    @property
+    def image_field(self) -> str:
+        return f"{self.slug}_image"
+
+    @property
+    def text_tensor(self) -> str:
+        return f"{self.slug}_text"
+
+    @property
+    def rank_profile(self) -> str:
+        return f"{self.slug}_similarity"
+
+    @classmethod
+    def for_field(cls, name: str) -> ModelNames:
+        """The names that go with vector field ``name``: its slug is the name less ``_image`` (a field named
+        otherwise, through the Python API, is its own slug)."""
+        return cls.of_field(name) or cls(name)
+
+    @classmethod
+    def of_field(cls, name: str) -> ModelNames | None:
+        """The names of the model whose field is ``name`` (``<slug>_image``); None for another name."""
+        return cls(name[: -len("_image")]) if name.endswith("_image") and len(name) > len("_image") else None
+
+    @classmethod
+    def of_profile(cls, name: str) -> ModelNames | None:
+        """The names of the model whose rank profile is ``name`` (``<slug>_similarity``); None for another."""
+        suffix = "_similarity"
+        return cls(name[: -len(suffix)]) if name.endswith(suffix) and len(name) > len(suffix) else None

@@ -12,8 +12,8 @@ import click
 
 from .. import paths
 from ..collection import Collection
-from ..models import DEFAULT_MODEL, get_spec, load_model
-from ..models.registry import LOCAL_DIR_PREFIX
+from ..models import DEFAULT_MODEL, load_model
+from ..models.fields import field_for
 from .options import runtime_options
 
 if TYPE_CHECKING:
@@ -125,27 +125,9 @@ def _follow(watcher: "FolderWatcher", indexer: "Indexer", roots: tuple[Path, ...
 
 
 def pick_field(coll: Collection, model: str | None) -> tuple[str, str]:
-    """(field, model name) to search: the one asked for, else the default model's, else the only one."""
-    fields = coll.fields
-    if model is not None:
-        spec = get_spec(model)
-        if spec.image_model:  # a text-only fine-tune searches its base model's vectors
-            name = spec.image_model
-        elif model.startswith(LOCAL_DIR_PREFIX):
-            name = f"{LOCAL_DIR_PREFIX}{Path(model[len(LOCAL_DIR_PREFIX):]).expanduser().resolve()}"
-        else:
-            name = spec.name
-        matches = [f for f in fields.values() if f.model == name]
-        if not matches:
-            have = ", ".join(f"{f.model}" for f in fields.values()) or "none"
-            raise click.ClickException(f"the collection has no vectors of model {name} (it has: {have}); "
-                                       f"run `clipseek index PATH --model {model}` first")
-        return matches[0].name, model
-    if not fields:
-        raise click.ClickException(f"{coll.path} holds no images yet: run `clipseek index PATH` first")
-    default = [f for f in fields.values() if f.model == DEFAULT_MODEL]
-    chosen = default[0] if default else sorted(fields.values(), key=lambda f: f.name)[0]
-    return chosen.name, chosen.model
+    """(field, the model that encodes the query): :func:`clipseek.models.fields.field_for`'s decision."""
+    choice = field_for(coll.fields, model)
+    return choice.field.name, choice.encoder
 
 
 def hyperlink(path: str) -> str:
@@ -187,8 +169,8 @@ def hyperlink(path: str) -> str:
 def search_command(text: str | None, image: Path | None, negatives: tuple[str, ...], folder: Path | None,
                    formats: str | None, since: str | None, until: str | None, camera: str | None,
                    near: str | None, sort: str, min_relevance: float | None, k: int, model: str | None, as_json: bool,
-                   collapse: bool, paths_only: bool, open_: bool, collection_dir: Path | None, backend: str, precision: str,
-                   device: str) -> None:
+                   collapse: bool, paths_only: bool, open_: bool, collection_dir: Path | None, backend: str,
+                   precision: str, device: str) -> None:
     """Find the images that best match TEXT (or --image FILE).
 
     \b

@@ -24,9 +24,16 @@ from xml.sax.saxutils import escape
 
 from ..collection import DOCUMENT_TYPE, Collection
 from ..errors import VespaExportError
-from ..schema import ATTRIBUTES
-from .embedder import (ATTENTION_MASK, INPUT_IDS, POOLED_OUTPUT, TOKENIZER_FILE, EmbedderFiles, write_embedder,
-                       write_tokenizer)
+from ..schema import ATTRIBUTES, ModelNames
+from .embedder import (
+    ATTENTION_MASK,
+    INPUT_IDS,
+    POOLED_OUTPUT,
+    TOKENIZER_FILE,
+    EmbedderFiles,
+    write_embedder,
+    write_tokenizer,
+)
 
 _ATTRIBUTES = [(a.name, a.vespa) for a in ATTRIBUTES if a.name != "image_file_name"]
 
@@ -50,10 +57,10 @@ def schema_text(coll: Collection) -> str:
         ]
     lines.append("    }")
     for name, info in sorted(coll.fields.items()):
-        slug = name[: -len("_image")]
+        names = ModelNames.for_field(name)
         lines += [
-            f"    rank-profile {slug}_similarity inherits default {{",
-            "        inputs {", f"            query({slug}_text) tensor<float>(x[{info.dim}])", "        }",
+            f"    rank-profile {names.rank_profile} inherits default {{",
+            "        inputs {", f"            query({names.text_tensor}) tensor<float>(x[{info.dim}])", "        }",
             "        first-phase {", f"            expression: closeness(field, {name})", "        }",
             "    }",
         ]
@@ -170,11 +177,12 @@ def model_query_profile_text(emb: Embedder) -> str:
     from ..query import profile_yql
 
     slug = emb.id
+    profile = ModelNames(slug).rank_profile
     return f"""<?xml version="1.0" encoding="utf-8" ?>
 <!-- queryProfile={escape(slug)}&input=<text>: the text embedded by this model, its nearest images, ranked by
      closeness. The request's own yql, ranking.profile or input.query({escape(emb.query_input)}) win. -->
 <query-profile id="{escape(slug)}">
-    <field name="ranking.profile">{escape(slug)}_similarity</field>
+    <field name="ranking.profile">{escape(profile)}</field>
     <field name="yql">{escape(profile_yql(slug))}</field>
     <field name="ranking.features.query({escape(emb.query_input)})">embed({escape(slug)}, @input)</field>
 </query-profile>
@@ -200,7 +208,8 @@ def export_package(coll: Collection, out: Path, *, nodes: int = 1, redundancy: i
     written: list[Path] = []
     if embedders:
         for name, info in sorted(coll.fields.items()):
-            slug = name[: -len("_image")]
+            names = ModelNames.for_field(name)
+            slug = names.slug
             say(f"exporting the text tower of {info.model} for Vespa's embedder")
             folder = resolve(info.model, progress=say)
             spec = read_model_dir_spec(folder)
@@ -209,7 +218,7 @@ def export_package(coll: Collection, out: Path, *, nodes: int = 1, redundancy: i
                 raise VespaExportError(f"model {info.model} embeds into {files.dim} dims but field {name} holds "
                                        f"{info.dim}-dim vectors: the collection records another model under that "
                                        "name; re-index the field or export with --no-embedders")
-            comps.append(Embedder(slug, f"{slug}_text", files))
+            comps.append(Embedder(slug, names.text_tensor, files))
             written.append(out / files.model)
         if comps:
             written.append(write_tokenizer(out))
