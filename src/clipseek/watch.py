@@ -187,7 +187,7 @@ def follow_in_server(shared: Any, model: str, options: WatchOptions, stop: threa
     from .errors import ClipseekError
     from .indexer import Indexer
     from .models import get_spec, load_model
-    from .server.app import Busy
+    from .server.state import Busy
 
     try:
         encoder = load_model(get_spec(model).image_vectors_of)
@@ -209,7 +209,8 @@ def follow_in_server(shared: Any, model: str, options: WatchOptions, stop: threa
                     indexer.collection = coll  # the writer may have been closed while idle and opened again
                     report = indexer.run(list(options.roots)) if paths is None else indexer.update(paths)
                 if paths is None or report.indexed or report.reused or report.removed or report.failed:
-                    say(f"watch: {report.summary()}" + "".join(f"\n  failed: {p}: {why}" for p, why in report.failed[:20]))
+                    failed = "".join(f"\n  failed: {p}: {why}" for p, why in report.failed[:20])
+                    say(f"watch: {report.summary()}{failed}")
                 return
             except (Busy, OSError) as exc:  # another process holds the write lock, or the disk hiccuped: retry
                 say(f"watch: {exc}; trying again in 2 s")

@@ -63,7 +63,8 @@ class Guard:
         if refused is not None:
             status, body = refused
             await send({"type": "http.response.start", "status": status,
-                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
             await send({"type": "http.response.body", "body": body})
             return
         await self.app(scope, self.capped(receive), send)
