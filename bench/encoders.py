@@ -28,8 +28,8 @@ import open_clip
 import torch
 
 from clipseek.models import choose, get_spec, open_encoder
-from clipseek.models.loader import export_model
 from clipseek.models.check import variants
+from clipseek.models.loader import export_model
 from clipseek.models.runtime import cpu_has_bf16, openvino_available
 
 FLICKR = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"

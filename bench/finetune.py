@@ -57,7 +57,8 @@ def tiny(args: argparse.Namespace) -> None:
     print(f"\ntiny, --mode {args.mode}, defaults; train: shifted seed {args.seed}, {args.n} images; "
           f"{minutes:.1f} min end to end (alpha {result.alpha}, {result.seconds_per_epoch:.1f} s/epoch)\n")
     print("| model | R@1 | R@5 | R@10 |\n|---|---|---|---|")
-    for label, folder in ((f"shifted, seed {args.eval_seed}", shifted), (f"original, seed {args.eval_seed + 1}", original)):
+    sets = ((f"shifted, seed {args.eval_seed}", shifted), (f"original, seed {args.eval_seed + 1}", original))
+    for label, folder in sets:
         print(row(f"base tiny — {label}", recall(base, folder)))
         print(row(f"tuned — {label}", recall(tuned, folder)), flush=True)
 

@@ -26,7 +26,7 @@ import torch
 
 from clipseek.collection import Collection
 from clipseek.indexer import Indexer
-from clipseek.models import OnnxEncoder, TOWERS, choose, get_spec, open_encoder
+from clipseek.models import TOWERS, OnnxEncoder, choose, get_spec, open_encoder
 from clipseek.models.check import check_model, read_record
 from clipseek.models.loader import export_model
 

@@ -24,13 +24,11 @@ import time
 import urllib.parse
 from pathlib import Path
 
-
 import open_clip
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ann import dataset  # noqa: E402
-
 from clipseek.collection import Collection, Document  # noqa: E402
 from clipseek.models import get_spec  # noqa: E402
 from clipseek.models.loader import export_model, model_cache_dir  # noqa: E402
@@ -106,7 +104,8 @@ def main() -> None:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         env = dict(os.environ, CLIPSEEK_CACHE=str(cache), CLIPSEEK_HOME=str(work / "home"))
-        server = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "clipseek.cli", "serve", "--collection", str(coll_dir),
+        server = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "clipseek.cli", "serve",
+                                   "--collection", str(coll_dir),
                                    "--port", str(port), "--backend", backend, "--precision", precision], env=env,
                                   stderr=subprocess.DEVNULL)
         try:

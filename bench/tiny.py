@@ -15,8 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clipseek import load_model, synth  # noqa: E402
 from tests.retrieval import read_captions, recall_at, text_to_image  # noqa: E402
+
+from clipseek import load_model, synth  # noqa: E402
 
 
 def main() -> None:

@@ -26,9 +26,10 @@ def copy_of(img: Image.Image, edit: str, rng: random.Random) -> Image.Image:
     if edit == "jpeg":
         return img  # written below at a low quality
     if edit == "crop":
-        l, t = int(w * rng.uniform(0, 0.1)), int(h * rng.uniform(0, 0.1))
-        r, b = w - int(w * rng.uniform(0, 0.1 if l == 0 else 0.02)), h - int(h * rng.uniform(0, 0.1 if t == 0 else 0.02))
-        return img.crop((l, t, r, b))
+        left, top = int(w * rng.uniform(0, 0.1)), int(h * rng.uniform(0, 0.1))
+        right = w - int(w * rng.uniform(0, 0.1 if left == 0 else 0.02))
+        bottom = h - int(h * rng.uniform(0, 0.1 if top == 0 else 0.02))
+        return img.crop((left, top, right, bottom))
     if edit == "brighter":
         return ImageEnhance.Brightness(img).enhance(rng.uniform(1.15, 1.35))
     if edit == "contrast":

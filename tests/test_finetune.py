@@ -316,7 +316,8 @@ def test_too_few_pairs_an_existing_out_and_an_unavailable_base_are_refused_in_wo
 def test_without_torch_the_error_names_the_extra(tmp_path):
     train = synth.write_dataset(tmp_path / "train", 60, seed=6400, variant="shifted")
     code = ("import sys; sys.modules['torch'] = None; from clipseek.cli import main; "
-            f"sys.argv = ['clipseek', 'finetune', {str(train)!r}, '--model', 'tiny', '--out', {str(tmp_path / 'o')!r}]; "
+            f"sys.argv = ['clipseek', 'finetune', {str(train)!r}, '--model', 'tiny', "
+            f"'--out', {str(tmp_path / 'o')!r}]; "
             "main()")
     proc = subprocess.run([sys.executable, "-c", code], env=env_for(tmp_path), capture_output=True, text=True,
                           timeout=120)

@@ -22,8 +22,14 @@ pidng_core = need_module("pidng.core")
 
 def write_dng(path, img):
     """A real DNG (a Bayer mosaic of ``img``, uncompressed, no embedded preview) written with PiDNG."""
-    from pidng.defs import (CalibrationIlluminant, CFAPattern, DNGVersion, Orientation, PhotometricInterpretation,
-                            PreviewColorSpace)
+    from pidng.defs import (
+        CalibrationIlluminant,
+        CFAPattern,
+        DNGVersion,
+        Orientation,
+        PhotometricInterpretation,
+        PreviewColorSpace,
+    )
 
     rgb = np.asarray(img.convert("RGB"), dtype=np.uint16) * 256
     h, w = rgb.shape[:2]

@@ -33,8 +33,12 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 @schema.parametrize()
 @hypothesis.settings(max_examples=int(os.environ.get("CLIPSEEK_FUZZ_EXAMPLES", "25")), deadline=None)
 def test_native_api_never_fails(case):
-    from schemathesis.checks import (content_type_conformance, not_a_server_error, response_schema_conformance,
-                                     status_code_conformance)
+    from schemathesis.checks import (
+        content_type_conformance,
+        not_a_server_error,
+        response_schema_conformance,
+        status_code_conformance,
+    )
 
     # every response: no 5xx, a documented status, the documented content type and body shape. (Schemathesis's
     # "positive data accepted" check is left out: a query with every term empty is valid to the schema but

@@ -9,7 +9,8 @@ import os
 import urllib.parse
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from clipseek import load_model
@@ -34,9 +35,10 @@ SEL_WORDS = ["image_search", "image_search.size", "image_search.path", "image_se
              "id.namespace", "==", "!=", "<", ">=", "=", "=~", "and", "or", "not", "(", ")", "true", "false", "null",
              '"a*"', "'b?'", "7", "1e400", "-99999999999999999999999", '"\\"', "music.year"]
 selection = st.lists(st.sampled_from(SEL_WORDS), max_size=12).map(" ".join)
-json_values = st.recursive(st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats() | st.text(max_size=20),
-                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-                           max_leaves=20)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=20)
 FIELD_NAMES = ["image_file_name", "path", "size", "mtime", "width", "tiny_image", "TINY_image", "vit_b_32_image",
                "nope", "content_hash", "format", "indexed_at"]
 fields = st.dictionaries(st.sampled_from(FIELD_NAMES) | st.text(max_size=8),
@@ -84,8 +86,8 @@ def test_search_never_fails(client, params, query, post, body):
 @SETTINGS
 @given(method=st.sampled_from(["GET", "POST", "PUT", "DELETE"]), docid=st.text(min_size=1, max_size=30),
        params=st.dictionaries(st.sampled_from(DOC_KEYS), texts | selection, max_size=4),
-       body=st.one_of(fields.map(lambda f: json.dumps({"fields": f}).encode()), json_values.map(lambda v: json.dumps(v).encode()),
-                      st.binary(max_size=64)),
+       body=st.one_of(fields.map(lambda f: json.dumps({"fields": f}).encode()),
+                      json_values.map(lambda v: json.dumps(v).encode()), st.binary(max_size=64)),
        ctype=st.sampled_from(["application/json", "text/plain", "", "application/json; charset=utf-8"]))
 def test_document_api_never_fails(client, method, docid, params, body, ctype):
     path = DOC + urllib.parse.quote(docid, safe="")

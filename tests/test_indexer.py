@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from click.testing import CliRunner
 from PIL import Image
 

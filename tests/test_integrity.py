@@ -11,7 +11,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,9 +165,11 @@ set -e
 mount -t tmpfs -o size=3m tmpfs "$DIR"
 head -c 2850000 /dev/zero > "$DIR/filler" || true
 set +e
-"$PY" -m clipseek.cli index "$GALLERY" --collection "$DIR/c" --model tiny --batch-size 16 > "$OUT/first.out" 2> "$OUT/first.err"
+"$PY" -m clipseek.cli index "$GALLERY" --collection "$DIR/c" --model tiny --batch-size 16 \\
+    > "$OUT/first.out" 2> "$OUT/first.err"
 echo $? > "$OUT/first.rc"
-"$PY" -c "import sqlite3; print(sqlite3.connect('$DIR/c/collection.sqlite').execute('select count(*) from documents').fetchone()[0])" > "$OUT/committed"
+"$PY" -c "import sqlite3; db = sqlite3.connect('$DIR/c/collection.sqlite'); \\
+print(db.execute('select count(*) from documents').fetchone()[0])" > "$OUT/committed"
 rm "$DIR/filler"
 "$PY" -m clipseek.cli index "$GALLERY" --collection "$DIR/c" --model tiny > "$OUT/second.out" 2> "$OUT/second.err"
 echo $? > "$OUT/second.rc"

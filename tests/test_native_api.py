@@ -120,7 +120,8 @@ def test_token_is_checked_on_every_route(setup, tmp_path):
     _, _, _, _, coll_dir = setup
     tiny = load_model("tiny")
     with TestClient(create_app(coll_dir, encoders=lambda _m: tiny, token="s3cret")) as client:
-        for path in ("/api/info", "/search/?input=x", "/document/v1/default/image_search/docid/x", "/ApplicationStatus"):
+        paths = ("/api/info", "/search/?input=x", "/document/v1/default/image_search/docid/x", "/ApplicationStatus")
+        for path in paths:
             assert_error(client.get(path), 401)
         assert client.get("/api/info", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert client.get("/api/info", params={"token": "s3cret"}).status_code == 200

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -93,7 +92,8 @@ def test_search_detail_more_like_this_upload_compare(site):
     page.set_input_files("#file", str(gallery / "images" / name))  # search by image
     page.wait_for_function(f"document.querySelector('#pane1 .card .rel span:last-child')?.textContent === '{name}'")
 
-    other = page.eval_on_selector("#model2", "s => [...s.options].map(o => o.value).find(v => v.startsWith('local-dir:'))")
+    other = page.eval_on_selector("#model2",
+                                  "s => [...s.options].map(o => o.value).find(v => v.startsWith('local-dir:'))")
     page.select_option("#model2", other)  # compare with the second model, side by side
     page.wait_for_selector("#pane2 .card")
     assert page.locator("#pane2 .status").inner_text().startswith("local-dir:")

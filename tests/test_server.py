@@ -16,7 +16,7 @@ import pytest
 from clipseek import load_model, synth
 from clipseek.collection import Collection
 
-from .conftest import need_module, indexed_gallery
+from .conftest import indexed_gallery, need_module
 from .serving import env_for, running_server
 
 vespa_app = need_module("vespa.application")
@@ -271,7 +271,8 @@ def test_queries_are_served_while_clipseek_index_writes(tmp_path):
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         counts = []
         while indexer.poll() is None:
-            status, body = http(url + urllib.parse.urlencode({"input": "a red circle", "queryProfile": "tiny", "hits": 1}))
+            query = {"input": "a red circle", "queryProfile": "tiny", "hits": 1}
+            status, body = http(url + urllib.parse.urlencode(query))
             assert status == 200, body
             counts.append(body["root"]["coverage"]["documents"])
         out = indexer.stdout.read()

@@ -60,7 +60,7 @@ def test_synth_is_reproducible(tmp_path):
 
 def test_tiny_is_registered_as_a_test_model():
     result = CliRunner().invoke(main, ["models"])
-    line = next(l for l in result.output.splitlines() if l.startswith("tiny"))
+    line = next(row for row in result.output.splitlines() if row.startswith("tiny"))
     assert "test" in line and "bundled" in line
 
 

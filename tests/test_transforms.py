@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from PIL import Image
 
 from clipseek import transforms as T

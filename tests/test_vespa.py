@@ -16,7 +16,6 @@ from click.testing import CliRunner
 from clipseek import load_model
 from clipseek.cli import main
 from clipseek.collection import Collection, Document
-
 from clipseek.errors import VespaDeployError
 from clipseek.vespa.deploy import deploy_package, docker_problem
 from clipseek.vespa.embedder import build_tokenizer

@@ -21,7 +21,7 @@ import pytest
 from clipseek import load_model
 from clipseek.collection import Collection
 
-from .conftest import missing, indexed_gallery
+from .conftest import indexed_gallery, missing
 from .serving import running_server
 
 

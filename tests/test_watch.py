@@ -16,14 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from clipseek.collection import Collection
 from clipseek.indexer import docid_for
 from clipseek.watch import needs_polling
 
 from .test_indexer import scene_image
-
 
 
 def png_bytes(i: int, size: int = 256) -> bytes:

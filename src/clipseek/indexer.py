@@ -26,9 +26,9 @@ import numpy as np
 from .collection import Collection, Document
 from .errors import DiskFullError, ImageError
 from .exif import PhotoMeta
+from .models.encoder import Encoder
 from .originals import file_record, indexed_file
 from .transforms import RAW_EXTENSIONS, raw_supported, register_optional_formats
-from .models.encoder import Encoder
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 FAILURE_LOG = "index-failures.log"
@@ -314,7 +314,8 @@ class Indexer:
             item.error = exc.reason
         return item
 
-    def _embed_all(self, todo: list[tuple[bytes, os.stat_result]], by_hash: dict[str, str], report: IndexReport) -> None:
+    def _embed_all(self, todo: list[tuple[bytes, os.stat_result]], by_hash: dict[str, str],
+                   report: IndexReport) -> None:
         done = 0
         with ThreadPoolExecutor(self.workers) as pool:
             pending: list[Future[_Prepared]] = []
@@ -386,7 +387,8 @@ class Indexer:
 
 def _document(it: _Prepared, now: float) -> Document:
     text = display_path(it.raw)
-    extra: dict[str, object] = {"file": file_record(it.raw, it.st.st_size, it.st.st_mtime_ns)}  # the path's bytes, whatever their encoding
+    # the path's bytes, whatever their encoding
+    extra: dict[str, object] = {"file": file_record(it.raw, it.st.st_size, it.st.st_mtime_ns)}
     meta = it.meta or PhotoMeta()
     taken, source = (meta.taken, "exif") if meta.taken is not None else (it.st.st_mtime, "file")
     return Document(docid_for(it.raw), image_file_name=os.path.basename(text), path=text, size=it.st.st_size,

@@ -15,7 +15,8 @@ A shard folder holds ``embeddings.json`` (format, model, the model its image vec
     vector        fixed_size_list<float32>[dim], L2-normalised; null when ``error`` is set
 
 A shard file is written to a temporary name, synced and renamed, so one that exists is complete; temporary
-files are ignored by readers and removed by the next writer (who holds ``write.lock``). Every shard also carries the manifest in its Parquet metadata.
+files are ignored by readers and removed by the next writer (who holds ``write.lock``). Every shard also carries
+the manifest in its Parquet metadata.
 """
 
 from __future__ import annotations
@@ -282,7 +283,6 @@ def document_for(row: Row, vector: np.ndarray, field: str, now: float) -> Any:
     a local file also gets the indexer's file record, so indexing its folder later finds it unchanged)."""
     from .collection import Document
     from .indexer import docid_for
-
     from .originals import FILE_KEY, file_record
 
     extra: dict[str, Any] = {}

@@ -1,4 +1,5 @@
-"""``clipseek demo``: the whole main job offline — a synthetic gallery, indexed with the bundled tiny model, searched."""
+"""``clipseek demo``: the whole main job offline — a synthetic gallery, indexed with the bundled tiny model,
+searched."""
 
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def demo_command(folder: Path | None, n: int, queries: int) -> None:
             result = coll.search(encoder.embed_texts([caption])[0], field=encoder.spec.field_name, hits=3)
             click.echo(f'\nclipseek search "{caption}"')
             for i, hit in enumerate(result.hits):
-                mark = "  <- the image this caption was written for" if hit.fields.get("image_file_name") == name else ""
+                own = hit.fields.get("image_file_name") == name
+                mark = "  <- the image this caption was written for" if own else ""
                 click.echo(f"{i + 1:>4}  {hit.relevance:.4f}  {hit.fields.get('path')}{mark}")
     click.echo(f"\nsearch it yourself:  clipseek search \"a red circle on the left of a white background\" "
                f"--collection {coll_dir}")

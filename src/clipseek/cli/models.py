@@ -36,7 +36,8 @@ def models(ctx: click.Context, as_json: bool) -> None:
         status = "bundled" if spec.bundled_dir else ("fetched" if fetched else "-")
         mark = " (default)" if spec.name == DEFAULT_MODEL else ""
         kind = "test" if spec.kind == "test" else "photo"
-        click.echo(f"{spec.name + mark:<32} {spec.slug:<20} {spec.embed_dim:>5} {spec.image_size:>5}  {kind:<5} {status}")
+        click.echo(f"{spec.name + mark:<32} {spec.slug:<20} {spec.embed_dim:>5} {spec.image_size:>5}  {kind:<5} "
+                   f"{status}")
 
 
 @models.command("fetch")
@@ -68,7 +69,9 @@ def fetch(name: str, weights: Path | None, out: Path | None, exporter: str, skip
     the --to folder) here. HF_ENDPOINT picks a hub mirror; HF_TOKEN is sent if set.
     """
     spec = get_spec(name)
-    say = (lambda msg: click.echo(msg, err=True))
+    def say(msg: str) -> None:
+        click.echo(msg, err=True)
+
     folder = fetch_model(spec, progress=say, weights=weights, exporter=exporter, out=out)
     if not skip_check:
         _check(folder, threads=None, as_json=False)

@@ -21,6 +21,7 @@ check`` and by ``clipseek models fetch``.
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import random
@@ -114,8 +115,8 @@ def check_model(folder: Path, *, threads: int | None = None, say: Callable[[str]
         text = encoder.embed_texts(texts)
         batch = pixels[: min(32, len(pixels))]
         encoder.embed_pixels(batch)  # warm
-        best = min(_timed(lambda: encoder.embed_pixels(batch)) for _ in range(3))
-        query = min(_timed(lambda: encoder.embed_texts(texts[:1])) for _ in range(20))
+        best = min(_timed(functools.partial(encoder.embed_pixels, batch)) for _ in range(3))
+        query = min(_timed(functools.partial(encoder.embed_texts, texts[:1])) for _ in range(20))
         row: dict[str, Any] = {"backend": runtime.backend, "precision": runtime.precision, "device": "cpu",
                                "load_s": round(load_s, 3), "images_per_s": round(len(batch) / best, 2),
                                "text_ms": round(query * 1000, 3)}

@@ -10,9 +10,9 @@ device         ``cpu``, or ``cuda`` (ONNX Runtime's CUDA execution provider, fro
 =============  ==================================================================================
 
 The automatic choice on a CPU: OpenVINO bf16 where it is installed and the CPU has bf16 instructions, else
-ONNX Runtime fp32 (on an AVX2 CPU it ran ViT-B/32 faster than OpenVINO fp32: bench/README.md). ``int8`` is never chosen blindly: only when
-``clipseek models check`` recorded, for these very model files, that int8 agrees with fp32 (see
-:mod:`clipseek.models.check`) and that it was the fastest precision that did.
+ONNX Runtime fp32 (on an AVX2 CPU it ran ViT-B/32 faster than OpenVINO fp32: bench/README.md). ``int8`` is
+never chosen blindly: only when ``clipseek models check`` recorded, for these very model files, that int8 agrees
+with fp32 (see :mod:`clipseek.models.check`) and that it was the fastest precision that did.
 
 Each choice can be forced: ``--backend``/``--precision``/``--device`` on the commands, or ``CLIPSEEK_BACKEND``,
 ``CLIPSEEK_PRECISION``, ``CLIPSEEK_DEVICE`` in the environment (what ``clipseek serve`` and library users read).

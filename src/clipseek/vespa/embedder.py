@@ -21,7 +21,6 @@ captions does).
 from __future__ import annotations
 
 import json
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +59,14 @@ def _tokenizers() -> Any:
 def build_tokenizer(context_length: int = 77) -> Any:
     """A ``tokenizers.Tokenizer`` giving the same ids as clipseek's CLIP tokenizer (see the module notes)."""
     tk = _tokenizers()
-    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import (
+        Regex,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
 
     ours = get_tokenizer(context_length)
     vocab = dict(ours.encoder)
