@@ -4,7 +4,7 @@
                                     [--clients 1 16]
 
 ViT-B/32 architecture at random init encodes the text (the server's own tokenizer and ONNX tower); the image
-vectors are random, clustered. Each request is `GET /search/?input=<a Flickr8k caption>&hits=10`, the seed's
+vectors are random, clustered. Each request is `GET /search/?input=<a Flickr8k caption>&hits=10`, the sample app's
 query, end to end: HTTP, tokenizing, encoding, HNSW search, re-scoring, summaries, JSON.
 """
 

@@ -55,7 +55,7 @@ def test_early_exit_equals_full_77_token_run(exported):
     spec, _clip, folder = exported
     enc = OnnxEncoder(folder)
     tokens = enc.tokenizer(CAPTIONS[:3])
-    full = enc._encode_tokens(tokens)  # the seed's fixed 77 tokens
+    full = enc._encode_tokens(tokens)  # the fixed 77 tokens of open_clip (and Vespa's text-image sample app)
     cut_len = int(enc.tokenizer.lengths(tokens).max())
     assert cut_len < 20
     cut = enc._encode_tokens(np.ascontiguousarray(tokens[:, :cut_len]))

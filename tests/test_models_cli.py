@@ -9,12 +9,12 @@ from clipseek import available_models, get_spec, load_model
 from clipseek.cli import main
 from clipseek.errors import ModelError, ModelNotAvailableError, UnknownModelError
 
-SEED_MODELS = ["RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px"]
+OPENAI_MODELS = ["RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px"]
 
 
-def test_registry_has_the_seed_models_and_open_clip_weights():
+def test_registry_has_openai_nine_and_open_clip_weights():
     names = [s.name for s in available_models()]
-    for name in SEED_MODELS + ["ViT-B-32/laion2b_s34b_b79k", "ViT-B-16/laion2b_s34b_b88k"]:
+    for name in OPENAI_MODELS + ["ViT-B-32/laion2b_s34b_b79k", "ViT-B-16/laion2b_s34b_b88k"]:
         assert name in names
     assert len({s.slug for s in available_models()}) == len(names)  # slugs name vector fields: unique
 
@@ -59,7 +59,7 @@ def test_local_dir_without_manifest(tmp_path):
 def test_cli_lists_models():
     result = CliRunner().invoke(main, ["models"])
     assert result.exit_code == 0
-    for name in SEED_MODELS:
+    for name in OPENAI_MODELS:
         assert name in result.output
     assert "ViT-B/32 (default)" in result.output
 

@@ -41,7 +41,7 @@ def package(source, tmp_path_factory):
     return out
 
 
-def test_export_writes_the_seed_schema(source, tmp_path):
+def test_export_writes_the_sample_app_schema(source, tmp_path):
     result = CliRunner().invoke(main, ["vespa", "export", str(tmp_path / "app"), "--collection", str(source),
                                        "--nodes", "2", "--redundancy", "2", "--no-embedders"])
     assert result.exit_code == 0, result.output

@@ -83,7 +83,7 @@ def test_vespa_feed_visit_query_and_document_against_clipseek_serve(source, tmp_
         ids_only = vespa("visit", "-t", url, "--field-set", "[id]").stdout.splitlines()
         assert len(ids_only) == n and all(set(json.loads(line)) == {"id"} for line in ids_only)
 
-        # a plain-text query, as the seed's app takes it: same top hits as the library's own search
+        # a plain-text query, as Vespa's text-image sample app takes it: same top hits as the library's own search
         yql = "select image_file_name from image_search where {targetHits:10}nearestNeighbor(tiny_image, tiny_text)"
         result = json.loads(vespa("query", "-t", url, yql, "input=a small red circle", "ranking=tiny_similarity",
                                   "hits=3").stdout)
