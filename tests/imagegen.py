@@ -37,3 +37,13 @@ def save_exif_rotated(img: Image.Image, path: Path, orientation: int) -> None:
 def png_bomb(path: Path, width: int = 30000, height: int = 30000) -> None:
     """A small PNG whose header claims a huge image (palette, 1 bit, all zeros compresses to nothing)."""
     Image.new("1", (width, height)).save(path, "PNG")
+
+
+def scene_image(i: int) -> Image.Image:
+    """The ``i``-th of 40 fixed synth scenes (a captioned picture of shapes), rendered."""
+    import random
+
+    from clipseek import synth
+
+    scenes = synth.sample_scenes(40, seed=99)
+    return synth.render(scenes[i], random.Random(i))

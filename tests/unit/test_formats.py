@@ -12,8 +12,8 @@ from clipseek.collection import Collection
 from clipseek.indexer import Indexer, docid_for
 from clipseek.models import load_model
 
-from .conftest import need_module
-from .test_indexer import scene_image
+from ..conftest import need_module
+from ..imagegen import scene_image
 
 pillow_heif = need_module("pillow_heif")
 rawpy = need_module("rawpy")

@@ -8,8 +8,8 @@ import pytest
 from clipseek.models import OnnxEncoder, get_spec, load_model
 from clipseek.models.loader import export_model
 
-from .conftest import need_module
-from .imagegen import photo_like
+from ..conftest import need_module
+from ..imagegen import photo_like
 
 torch = need_module("torch")
 open_clip = need_module("open_clip")
@@ -134,8 +134,8 @@ def test_vespa_embedder_form_matches_torch(exported, tmp_path, flickr):
     from clipseek.vespa.embedder import write_embedder, write_tokenizer
     from clipseek.vespa.export import Embedder, services_text
 
-    from .conftest import flickr_captions
-    from .vespa_embedder import PackageEmbedder
+    from ..conftest import flickr_captions
+    from ..vespa_embedder import PackageEmbedder
 
     spec, clip, folder = exported
     files = write_embedder(folder / "text.onnx", tmp_path, spec.slug)

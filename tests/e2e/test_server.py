@@ -16,8 +16,8 @@ import pytest
 from clipseek import load_model, synth
 from clipseek.collection import Collection
 
-from .conftest import indexed_gallery, need_module
-from .serving import env_for, running_server
+from ..conftest import indexed_gallery, need_module
+from ..serving import env_for, running_server
 
 vespa_app = need_module("vespa.application")
 
@@ -308,7 +308,8 @@ def http_status(url):
 def test_the_idle_writer_is_never_closed_under_a_reader(tmp_path):
     """16 readers, a writer and a janitor releasing the idle writer as fast as it can (idle time 0): before the
     writer counted its users this crashed with SIGSEGV within seconds, 3 runs in 3."""
-    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("release_stress.py")), str(tmp_path / "c"),
-                           "4"], capture_output=True, text=True, timeout=120)
+    stress = Path(__file__).resolve().parents[1] / "release_stress.py"
+    proc = subprocess.run([sys.executable, str(stress), str(tmp_path / "c"), "4"], capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("ok "), (proc.returncode, proc.stdout, proc.stderr[-2000:])
     assert int(proc.stdout.split()[1]) > 16

@@ -20,10 +20,10 @@ from clipseek.errors import VespaDeployError
 from clipseek.vespa.deploy import deploy_package, docker_problem
 from clipseek.vespa.embedder import build_tokenizer
 
-from .conftest import flickr_captions, indexed_gallery, missing, need_module
-from .serving import env_for, running_server
-from .test_tokenizer import EDGE_CASES
-from .vespa_embedder import PackageEmbedder
+from ..conftest import flickr_captions, indexed_gallery, missing, need_module
+from ..serving import env_for, running_server
+from ..unit.test_tokenizer import EDGE_CASES
+from ..vespa_embedder import PackageEmbedder
 
 need_module("vespa.application")
 

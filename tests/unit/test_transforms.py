@@ -15,8 +15,8 @@ from clipseek import transforms as T
 from clipseek.collection import Collection
 from clipseek.errors import ImageDecodeError, ImageTooLargeError
 
-from .conftest import need_module
-from .imagegen import photo_like, png_bomb, save_exif_rotated
+from ..conftest import need_module
+from ..imagegen import photo_like, png_bomb, save_exif_rotated
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)

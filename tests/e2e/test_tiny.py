@@ -10,7 +10,7 @@ from PIL import Image
 from clipseek import load_model
 from clipseek.cli import main
 
-from .retrieval import read_captions, recall_at, text_to_image
+from ..retrieval import read_captions, recall_at, text_to_image
 
 SEED = 4242  # never used for training (training renders come from seed 0's stream)
 

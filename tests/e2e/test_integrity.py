@@ -20,7 +20,7 @@ from clipseek.check import check
 from clipseek.collection import Collection, Document
 from clipseek.errors import CollectionDamagedError
 
-from .serving import env_for
+from ..serving import env_for
 
 DIM = 16
 CLI = [sys.executable, "-m", "clipseek.cli"]

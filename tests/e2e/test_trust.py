@@ -17,7 +17,7 @@ import pytest
 from clipseek import synth
 from clipseek.collection import Collection
 
-from .serving import env_for, running_server
+from ..serving import env_for, running_server
 
 DOC = "/document/v1/default/image_search/docid/"
 JSON_TYPE = {"Content-Type": "application/json"}

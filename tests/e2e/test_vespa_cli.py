@@ -21,8 +21,8 @@ import pytest
 from clipseek import load_model
 from clipseek.collection import Collection
 
-from .conftest import indexed_gallery, missing
-from .serving import running_server
+from ..conftest import indexed_gallery, missing
+from ..serving import running_server
 
 
 def _vespa_binary() -> str:
@@ -127,7 +127,7 @@ def readme_queries() -> tuple[list[list[str]], list[dict]]:
     import ast
     import shlex
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     commands = [shlex.split(line.split("$ vespa query", 1)[1].split("#")[0])
                 for line in text.splitlines() if line.startswith("$ vespa query")]
     bodies = []

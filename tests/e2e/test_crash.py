@@ -15,7 +15,7 @@ import numpy as np
 
 from clipseek.collection import Collection
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/, where the feeder lives
 
 
 def run_and_kill(path: Path, start: int, acks: int, jitter: float) -> int:

@@ -25,7 +25,7 @@ from clipseek.models import get_spec, load_model
 from clipseek.models.build import BuildUnsupportedError, build_towers, read_weights
 from clipseek.models.loader import fetch_model
 
-from .conftest import REPO, flickr_captions, need_module
+from ..conftest import REPO, flickr_captions, need_module
 
 torch = need_module("torch")
 open_clip = need_module("open_clip")
@@ -175,7 +175,7 @@ def test_models_fetch_downloads_builds_and_caches_for_offline_use(hub_model, tmp
     repo id: downloaded, verified, built without torch, cached; then loaded offline, and from a copied folder."""
     import shutil
 
-    from .hub_server import Hub, serve
+    from ..hub_server import Hub, serve
 
     spec, clip, weights, _folder = hub_model("ViT-B/32")
     hub = Hub()

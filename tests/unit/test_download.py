@@ -12,7 +12,7 @@ from clipseek.errors import ModelError
 from clipseek.models import get_spec
 from clipseek.models.loader import download_weights
 
-from .hub_server import Hub, serve
+from ..hub_server import Hub, serve
 
 REPO_ID, FILE = "someone/clip-weights", "open_clip_model.safetensors"
 

@@ -5,7 +5,7 @@ import pytest
 
 from clipseek.tokenizer import Tokenizer, clean_text
 
-from .conftest import flickr_captions, need_module
+from ..conftest import flickr_captions, need_module
 
 EDGE_CASES = [
     "", "   ", "!!!", "?!.,;:", "😀🐶 dog", "Café naïve résumé", "北京的猫 一只狗", " ".join(["word"] * 500),

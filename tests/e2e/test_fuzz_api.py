@@ -10,7 +10,7 @@ import pytest
 from clipseek import load_model
 from clipseek.server import create_app
 
-from .conftest import indexed_gallery, need_module
+from ..conftest import indexed_gallery, need_module
 
 schemathesis = need_module("schemathesis")
 

@@ -23,8 +23,8 @@ from clipseek.indexer import docid_for
 from clipseek.models import get_spec
 from clipseek.shards import ShardSet
 
-from .conftest import need_module
-from .serving import env_for, running_server
+from ..conftest import need_module
+from ..serving import env_for, running_server
 
 need_module("pyarrow")
 ray = need_module("ray")

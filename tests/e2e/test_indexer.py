@@ -22,14 +22,8 @@ from clipseek.cli import main
 from clipseek.collection import Collection
 from clipseek.indexer import Indexer
 
-from .conftest import need_module
-from .imagegen import png_bomb, save_exif_rotated
-
-
-def scene_image(i: int) -> Image.Image:
-    import random
-    scenes = synth.sample_scenes(40, seed=99)
-    return synth.render(scenes[i], random.Random(i))
+from ..conftest import need_module
+from ..imagegen import png_bomb, save_exif_rotated, scene_image
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from clipseek.models import OpenVinoEncoder, Runtime, choose, load_model, open_e
 from clipseek.models.check import read_record, record_path
 from clipseek.models.runtime import cpu_has_bf16, fastest_passing
 
-from .conftest import need_module
+from ..conftest import need_module
 
 need_module("openvino")
 

@@ -16,7 +16,7 @@ from clipseek.collection import Collection
 from clipseek.indexer import Indexer
 from clipseek.server import create_app
 
-from .imagegen import save_exif_rotated
+from ..imagegen import save_exif_rotated
 
 
 @pytest.fixture(scope="module")

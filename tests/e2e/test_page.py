@@ -11,11 +11,11 @@ from clipseek import load_model, synth
 from clipseek.collection import Collection
 from clipseek.indexer import Indexer
 
-from .conftest import missing, need_module
-from .serving import running_server
+from ..conftest import missing, need_module
+from ..serving import running_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--disable-quic"]
 

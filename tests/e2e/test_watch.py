@@ -21,7 +21,7 @@ from clipseek.collection import Collection
 from clipseek.indexer import docid_for
 from clipseek.watch import needs_polling
 
-from .test_indexer import scene_image
+from ..imagegen import scene_image
 
 
 def png_bytes(i: int, size: int = 256) -> bytes:
@@ -195,7 +195,7 @@ def test_serve_watch_answers_follow_the_folder(library, tmp_path):
     import urllib.error
     import urllib.request
 
-    from .serving import running_server
+    from ..serving import running_server
 
     def has(url: str, path: Path) -> bool:
         docid = docid_for(os.fsencode(os.path.abspath(path)))

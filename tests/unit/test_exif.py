@@ -16,7 +16,7 @@ from clipseek.collection import Collection
 from clipseek.indexer import Indexer
 from clipseek.server import create_app
 
-from .test_indexer import scene_image
+from ..imagegen import scene_image
 
 PARIS = (48.8582, 2.2945)
 

@@ -23,7 +23,7 @@ from clipseek import synth
 from clipseek.evaluate import load_dataset, metrics
 from clipseek.models import load_model
 
-from .conftest import need_module
+from ..conftest import need_module
 
 torch = need_module("torch")
 need_module("open_clip")

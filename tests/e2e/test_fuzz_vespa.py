@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 from clipseek import load_model
 from clipseek.server import create_app
 
-from .conftest import indexed_gallery
+from ..conftest import indexed_gallery
 
 EXAMPLES = int(os.environ.get("CLIPSEEK_FUZZ_EXAMPLES", "60"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))

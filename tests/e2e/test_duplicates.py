@@ -17,7 +17,7 @@ from clipseek.duplicates import DEFAULT_THRESHOLD, find_groups
 from clipseek.indexer import Indexer
 from clipseek.models import load_model
 
-from .dupset import make_set, precision_recall
+from ..dupset import make_set, precision_recall
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_search_collapse_shows_one_of_each_group(burst_library):
 
 
 def test_native_api_collapse_reads_only_what_it_serves(burst_library):
-    from .serving import running_server
+    from ..serving import running_server
 
     base, folder = burst_library
     with running_server(base / "c", base, "--model", "tiny") as (url, _port):

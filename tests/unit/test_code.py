@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import need_module
+from ..conftest import need_module
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_package_is_mypy_clean():
