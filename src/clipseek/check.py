@@ -19,7 +19,6 @@ the documents listed in :attr:`CheckReport.reindex` need (``clipseek index`` ove
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import store
-from .hnsw import SNAPSHOT_FORMAT, file_crc32
+from .hnsw import snapshot_meta
 
 
 @dataclass
@@ -124,17 +123,13 @@ def _check_field(folder: Path, db: sqlite3.Connection, report: CheckReport, repa
             vectors.rewrite_derived(0, norms)
     for snapshot in sorted((folder / "ann").glob(f"{name}.*.usearch")):
         meta_path = snapshot.with_suffix(".json")
-        try:
-            meta = json.loads(meta_path.read_text())
-            sound = meta.get("format") == SNAPSHOT_FORMAT and meta.get("crc32") == file_crc32(snapshot)
-        except (OSError, ValueError):
-            sound = False
-        if not sound:
+        if snapshot_meta(snapshot) is None:
             _problem(report, f"field {name}: graph snapshot {snapshot.name} is damaged or of an older format "
                              "(rebuilt from the vectors on the next open)", repair)
             if repair:
                 snapshot.unlink(missing_ok=True)
                 meta_path.unlink(missing_ok=True)
+                snapshot.with_suffix(".r4").unlink(missing_ok=True)
     if lost:
         docs = sorted({live[s] for s in lost})
         for doc in docs:

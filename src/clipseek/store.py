@@ -19,6 +19,7 @@ with zeros by the next append. ``clipseek check`` verifies all of it (:mod:`clip
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -26,7 +27,7 @@ import sqlite3
 import time
 import zlib
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -294,7 +295,10 @@ class VectorFile:
                 f"{self.path.name} holds {have} rows but {self.rows} are committed (the file was truncated)"])
         if self.rows <= start:
             return np.zeros(0, np.float32), np.zeros(0, np.int64), 0
-        rows = self.array()[start: self.rows]
+        with self.scan() as all_rows:
+            return self._verify(all_rows[start: self.rows], start)
+
+    def _verify(self, rows: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray, int]:
         with np.errstate(over="ignore", invalid="ignore"):  # a garbled row may overflow; its checksum says so
             norms = np.linalg.norm(rows, axis=1).astype(np.float32)
         stored = self.stored_checksums(start, self.rows)
@@ -323,6 +327,20 @@ class VectorFile:
 
     def commit(self, rows: int) -> None:
         self.rows = rows
+
+    @contextlib.contextmanager
+    def scan(self) -> Iterator[np.ndarray]:
+        """The committed rows through a map of their own, unmapped at the end: a pass over every row (checking
+        them, building a graph) leaves none of them in the process's resident memory, as :meth:`array`'s
+        long-lived map would (searches then hold only the rows they read)."""
+        if self.rows == 0:
+            yield np.zeros((0, self.dim), np.float32)
+            return
+        mapped = np.memmap(self.path, dtype="<f4", mode="r", shape=(self.rows, self.dim))
+        try:
+            yield mapped.view(np.ndarray)
+        finally:
+            mapped._mmap.close()  # type: ignore[attr-defined]
 
     def array(self) -> np.ndarray:
         """A read-only ``[rows, dim]`` view of the committed rows (re-mapped when the file grew)."""

@@ -9,8 +9,9 @@ Search is Vespa's: the ``k`` (targetHits) nearest live documents, optionally onl
 filter is applied *before* choosing neighbours, so a filter never costs hits that exist). The plan is exact
 (score every candidate) when the candidates are few — at most ``exact_threshold`` or ``k``, or a filter passing
 less than Vespa's approximate-threshold of 5 % — or when the query says ``approximate: false``; otherwise HNSW
-(:mod:`clipseek.hnsw`) proposes a beam of targetHits + exploreAdditionalHits candidates. Either way every
-candidate is scored exactly from the float32 rows, so a document's relevance is the same whichever plan ran.
+(:mod:`clipseek.hnsw`) proposes a beam of targetHits + exploreAdditionalHits candidates, re-scored from the
+graph's 12-bit codes (int8 + a 4-bit residual: the cosine to about 1e-4) so that an HNSW search never reads the
+float32 rows, which stay on disk; the exact plan scores the float32 rows.
 
 Publication order, which concurrent searches rely on: a new slot's norm and row are in place before any
 document maps to it, and a search works on one snapshot of ``doc_of_slot`` (replaced, never grown in place).
@@ -163,8 +164,9 @@ class VectorIndex:
             self.graph = AnnIndex.load(ann_dir, name, dim, self.hnsw, view=readonly, max_covered=self.next_slot)
             if self.graph is not None and self.graph.is_view and len(self.graph) < self.next_slot:
                 self.graph = AnnIndex.load(ann_dir, name, dim, self.hnsw, max_covered=self.next_slot)
-        if self.graph is not None:  # slots committed after the snapshot (or by another process) join the graph
-            self.graph.extend(self.vectors.array(), self.next_slot)
+        if self.graph is not None and len(self.graph) < self.next_slot:  # slots committed after the snapshot
+            with self.vectors.scan() as rows:  # (or by another process) join the graph
+                self.graph.extend(rows, self.next_slot)
 
     def save_graph(self) -> None:
         if self.graph is not None and not self.graph.is_view:
@@ -224,7 +226,7 @@ class VectorIndex:
         else:
             plan = "hnsw"
             slots = self._beam(doc_of_slot, q, k, explore, filtered, n_candidates)
-            cos = self.cosines(q, slots)
+            cos = self._rescore(q, slots)
         if len(slots) == 0 or k == 0:
             empty = np.zeros(0)
             return Neighbors(empty.astype(np.int64), empty, empty, plan)
@@ -236,11 +238,25 @@ class VectorIndex:
         cos = cos[order]
         return Neighbors(docs[order], closeness(cos), cos, plan)
 
+    def _rescore(self, q: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """Cosines of the beam from the graph's codes; a slot the graph does not cover yet (published a moment
+        ago by a concurrent write) from its float32 row."""
+        graph = self.graph
+        assert graph is not None
+        covered = slots < len(graph)
+        if covered.all():
+            return graph.cosines(q, slots)
+        cos = np.empty(len(slots), dtype=np.float32)
+        cos[covered] = graph.cosines(q, slots[covered])
+        cos[~covered] = self.cosines(q, slots[~covered])
+        return cos
+
     def _graph(self) -> AnnIndex:
         with self._build_lock:  # one build; the collection's writer adds later rows as it publishes them
             if self.graph is None:
                 graph = AnnIndex(self.info.dim, self.hnsw)
-                graph.extend(self.vectors.array(), self.next_slot)
+                with self.vectors.scan() as rows:
+                    graph.extend(rows, self.next_slot)
                 self.graph = graph
             return self.graph
 

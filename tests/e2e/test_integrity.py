@@ -141,7 +141,11 @@ def test_a_corrupt_graph_snapshot_is_never_loaded(tmp_path):
     assert len(lines) == 4
     for graph, exhaustive in (lines[0:2], lines[2:4]):  # reader, then writer
         assert exhaustive == exact  # the vectors are intact
-        assert len(set(graph) & set(exact)) >= 8, graph  # and the graph rebuilt from them finds their neighbours
+        # the graph rebuilt from them finds their neighbours; its relevance comes from 12-bit codes, which near
+        # cos = 1 (this query is a hair from d17) moves closeness by up to ~1e-2
+        found = dict(graph)
+        assert len(found.keys() & dict(exact).keys()) >= 8, graph
+        assert all(abs(found[d] - r) < 2e-2 for d, r in exact if d in found)
     assert check(folder).problems == []  # the writer's close replaced it with a sound snapshot
 
 
