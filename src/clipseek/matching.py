@@ -25,10 +25,11 @@ from .vectors import Neighbors
 
 @dataclass
 class Scores:
-    """One nearestNeighbor's result: documents best first, with their closeness."""
+    """One nearestNeighbor's result: documents best first, with their closeness (and the same ids sorted)."""
 
     docs: np.ndarray
     closeness: np.ndarray
+    sorted: np.ndarray
 
 
 @dataclass
@@ -72,12 +73,11 @@ class Matcher:
                 keep = np.arccos(np.clip(cos.astype(np.float64), -1.0, 1.0)) <= node.distance_threshold
                 docs, rel = docs[keep], rel[keep]
             label = node.label or node.field
+            scores = Scores(docs, rel, np.sort(docs))
             if label in out.scores:  # the same label twice (an or of two branches): the best of each document
-                merged = _merge(out.scores[label], Scores(docs, rel))
-                out.scores[label] = merged
-            else:
-                out.scores[label] = Scores(docs, rel)
-            return np.sort(docs)
+                scores = _merge(out.scores[label], scores)
+            out.scores[label] = scores
+            return scores.sorted
         if isinstance(node, yql.And):  # predicates first: they narrow what each nearestNeighbor may return
             current = allowed
             for child in sorted(node.children, key=lambda c: isinstance(c, yql.NearestNeighbor)):
@@ -97,7 +97,7 @@ def _merge(a: Scores, b: Scores) -> Scores:
     docs, rel = docs[order], rel[order]
     _, first = np.unique(docs, return_index=True)
     first.sort()
-    return Scores(docs[first], rel[first])
+    return Scores(docs[first], rel[first], np.sort(docs[first]))
 
 
 def rank(matches: Matches, every: Callable[[], np.ndarray], rank_field: str | None) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +107,7 @@ def rank(matches: Matches, every: Callable[[], np.ndarray], rank_field: str | No
     docs = matches.docs
     if docs is None:
         docs = every()
-    if len(scores) == 1 and len(scores[0].docs) == len(docs) and np.array_equal(np.sort(scores[0].docs), docs):
+    if len(scores) == 1 and (scores[0].sorted is docs or np.array_equal(scores[0].sorted, docs)):
         return scores[0].docs, scores[0].closeness  # one nearestNeighbor matched exactly these: already in order
     relevance = np.zeros(len(docs), dtype=np.float64)
     for s in scores:
