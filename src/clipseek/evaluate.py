@@ -1,4 +1,5 @@
-"""Retrieval evaluation in Flickr8k's layout: Recall@K, MRR@100 (the metric of Vespa's text-image sample app), median/mean rank.
+"""Retrieval evaluation in Flickr8k's layout: Recall@K, MRR@100 (the metric of Vespa's text-image sample app),
+median/mean rank.
 
 Relevance: each caption's own image (one per caption, as in Flickr8k and ``clipseek synth``). Ranks are
 pessimistic on ties: an image scoring exactly as the relevant one counts as ranked above it. Every dropped
