@@ -315,7 +315,7 @@ class Collection:
         if problems:
             raise CollectionDamagedError(self.path, problems)
         self._indexes = indexes
-        self.store.summaries.reset()
+        self.store.reset()
 
     def _refresh(self) -> None:
         """A reader sees other processes' commits: reload when SQLite's data_version moved."""
@@ -418,7 +418,7 @@ class Collection:
                     st.set_next_slot(fname, int(new_slots[fname][-1]) + 1)
             self._count = st.count()
             # 3. in-memory state and graphs follow the commit; summaries first, so a new slot's hit has one
-            st.summaries.written(st.db, doc_ids)
+            st.written(doc_ids)
             for fname, dead in removed.items():
                 self._indexes[fname].kill(np.asarray(dead, dtype=np.int64))
             for fname, positions in planned.items():
@@ -440,7 +440,7 @@ class Collection:
             self._count = st.count()
             for fname, slot in slots:
                 self._indexes[fname].kill(np.asarray([slot], dtype=np.int64))
-            st.summaries.removed(doc)
+            st.removed(doc)
             return True
 
     # ---- reading ---------------------------------------------------------------------------------------

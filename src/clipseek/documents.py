@@ -25,6 +25,7 @@ import numpy as np
 
 from . import schema, store, yql
 from . import selection as doc_selection
+from .columns import OPS, Columns
 from .errors import DiskFullError, FieldError, QueryError
 from .lexing import INT64
 from .summaries import SUMMARY_FIELDS, Summaries, Summary
@@ -47,6 +48,7 @@ class DocumentStore:
         self.readonly = readonly
         self.db = db  # the writer's connection (a reader's: for data_version and the field registry)
         self.summaries = Summaries()
+        self.columns = Columns()
         self._local = threading.local()
 
     def conn(self) -> sqlite3.Connection:
@@ -180,6 +182,20 @@ class DocumentStore:
     def namespaces(self) -> set[str | None]:
         return {r[0] for r in self.conn().execute("SELECT DISTINCT namespace FROM documents")}
 
+    def written(self, doc_ids: list[int]) -> None:
+        """After a commit: the in-memory copies (summaries, attribute columns) re-read these documents."""
+        self.summaries.written(self.db, doc_ids)
+        self.columns.written(self.db, doc_ids)
+
+    def removed(self, doc: int) -> None:
+        self.summaries.removed(doc)
+        self.columns.removed(doc)
+
+    def reset(self) -> None:
+        """Another process changed the documents: the in-memory copies are built again once warm."""
+        self.summaries.reset()
+        self.columns.reset()
+
     def all_ids(self) -> np.ndarray:
         return np.sort(np.fromiter((r[0] for r in self.conn().execute("SELECT id FROM documents")), dtype=np.int64))
 
@@ -208,6 +224,10 @@ class DocumentStore:
                 raise QueryError(f"{p.field} {p.op} needs a number, got {p.value!r}")
             if isinstance(p.value, int) and not -INT64 <= p.value < INT64:
                 raise QueryError(f"{p.field} {p.op} {p.value}: the number does not fit in 64 bits")
+            if column in schema.NUMERIC and p.op in OPS:
+                found = self.columns.matching(self.conn(), column, p.op, p.value)
+                if found is not None:
+                    return found
             sql, args = f"{column} {p.op} ?", [p.value]
         rows = self.conn().execute(f"SELECT id FROM documents WHERE {sql}", args)
         return np.sort(np.fromiter((r[0] for r in rows), dtype=np.int64))

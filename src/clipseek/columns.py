@@ -1,0 +1,120 @@
+"""The numeric attributes in memory, by internal document id, for range predicates (Vespa keeps attributes in
+memory for the same reason): ``width >= 1000`` or a date range over a million documents is a numpy comparison
+instead of a SQLite scan that hands every matching id to Python.
+
+Built, like the hit summaries (:mod:`clipseek.summaries`), once a collection object has evaluated ``WARM_AFTER``
+predicates on numeric attributes, so one-off searches never pay for it; kept current by the writer (the rows it
+commits are re-read, removed documents dropped) and dropped when another process changes the documents. A
+column is an int64 or float64 array indexed by document id with a presence mask: a missing value (SQL NULL)
+matches no comparison, as in SQL. Integers are compared as integers, so 64-bit sizes stay exact.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from typing import Iterable
+
+import numpy as np
+
+from .schema import ATTRIBUTES
+
+NUMERIC = tuple(a.name for a in ATTRIBUTES if a.numeric)
+_INTEGER = frozenset(a.name for a in ATTRIBUTES if a.python is int)
+_SELECT = f"SELECT id, {', '.join(NUMERIC)} FROM documents"
+OPS = {"=": np.equal, "<": np.less, ">": np.greater, "<=": np.less_equal, ">=": np.greater_equal}
+
+
+class _Table:
+    def __init__(self, size: int) -> None:
+        self.values = {name: np.zeros(size, np.int64 if name in _INTEGER else np.float64) for name in NUMERIC}
+        self.present = {name: np.zeros(size, bool) for name in NUMERIC}
+
+    def __len__(self) -> int:
+        return len(self.present[NUMERIC[0]])
+
+    def grow(self, size: int) -> None:
+        for name in NUMERIC:
+            values, present = self.values[name], self.present[name]
+            self.values[name] = np.concatenate([values, np.zeros(size - len(values), values.dtype)])
+            self.present[name] = np.concatenate([present, np.zeros(size - len(present), bool)])
+
+    def set_rows(self, rows: list[tuple[int | float | None, ...]]) -> None:
+        if not rows:
+            return
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        if int(ids.max()) >= len(self):
+            self.grow(max(int(ids.max()) + 1, 2 * len(self)))
+        for i, name in enumerate(NUMERIC, start=1):
+            have = np.fromiter((r[i] is not None for r in rows), dtype=bool, count=len(rows))
+            values = self.values[name]
+            values[ids[have]] = np.fromiter((r[i] for r in rows if r[i] is not None), dtype=values.dtype,
+                                            count=int(have.sum()))
+            self.present[name][ids] = have
+
+
+class Columns:
+    """The numeric attribute columns of one collection object; thread-safe."""
+
+    WARM_AFTER = 8  # numeric predicates evaluated before the columns are built
+
+    def __init__(self) -> None:
+        self._table: _Table | None = None
+        self._uses = 0
+        self._generation = 0
+        self._lock = threading.Lock()
+
+    @property
+    def in_memory(self) -> bool:
+        return self._table is not None
+
+    def matching(self, conn: sqlite3.Connection, name: str, op: str, value: int | float) -> np.ndarray | None:
+        """The sorted ids of the documents whose ``name`` ``op`` ``value``; None while not warm (ask SQLite)."""
+        table = self._table
+        if table is None:
+            self._uses += 1
+            if self._uses < self.WARM_AFTER:
+                return None
+            table = self._build(conn)
+            if table is None:
+                return None
+        values, present = table.values[name], table.present[name]
+        hit = OPS[op](values, value)
+        hit &= present
+        return np.flatnonzero(hit)
+
+    def _build(self, conn: sqlite3.Connection) -> _Table | None:
+        with self._lock:
+            if self._table is None:
+                generation = self._generation
+                rows = conn.execute(_SELECT).fetchall()  # one statement: one snapshot
+                table = _Table(max((r[0] for r in rows), default=0) + 1)
+                table.set_rows(rows)
+                if generation == self._generation:
+                    self._table = table
+            return self._table
+
+    def written(self, conn: sqlite3.Connection, doc_ids: Iterable[int]) -> None:
+        """After a commit: re-read these documents' values, as SQLite stored them."""
+        with self._lock:
+            table = self._table
+            if table is None:
+                return
+            ids = list(doc_ids)
+            for i in range(0, len(ids), 500):
+                chunk = ids[i: i + 500]
+                table.set_rows(conn.execute(f"{_SELECT} WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+                               .fetchall())
+
+    def removed(self, doc_id: int) -> None:
+        with self._lock:
+            if self._table is not None and doc_id < len(self._table):
+                for present in self._table.present.values():
+                    present[doc_id] = False
+
+    def reset(self) -> None:
+        """Forget the columns (another process changed the documents); built again once warm."""
+        with self._lock:
+            self._table = None
+            self._uses = 0
+            self._generation += 1
