@@ -1,4 +1,5 @@
-"""The collection's documents in SQLite: every SQL statement the engine runs is here.
+"""The collection's documents in SQLite: every SQL statement a collection runs is here (the schema and its
+migrations are :mod:`clipseek.store`'s; ``clipseek check``'s repairs are :mod:`clipseek.check`'s).
 
 Tables (:mod:`clipseek.store` makes and migrates them): ``documents`` (one row per document: its internal id,
 Vespa document id, namespace, the attributes of :mod:`clipseek.schema`, and ``extra`` JSON), ``vector_fields``
