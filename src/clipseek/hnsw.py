@@ -165,19 +165,15 @@ class AnnIndex:
             return np.zeros(len(slots), dtype=np.float32)
         with self._lock:  # the codes' bytes, joined: ~3x faster than stacking the arrays usearch returns
             rows = cast("tuple[bytes, ...]", self._index._compiled.get_many(slots.astype(np.uint64), self._i8))
-        dim, half = self.dim, self._residuals.shape[1]
-        # one matrix [code | low nibbles | high nibbles] against [q | q_even / 16 | q_odd / 16]: one product
-        m = np.empty((len(slots), dim + 2 * half), dtype=np.float32)
-        m[:, :dim] = np.frombuffer(b"".join(rows), dtype=np.int8).reshape(len(slots), dim)
+        codes = np.frombuffer(b"".join(rows), dtype=np.int8).reshape(len(slots), self.dim)
         packed = self._residuals[slots]
-        m[:, dim: dim + half] = packed & 15
-        m[:, dim + half:] = packed >> 4
-        weights = np.zeros(dim + 2 * half, dtype=np.float32)
-        weights[:dim] = q
-        weights[dim: dim + half][: (dim + 1) // 2] = q[0::2] / RESIDUAL_STEPS
-        weights[dim + half:][: dim // 2] = q[1::2] / RESIDUAL_STEPS
-        offset = (RESIDUAL_STEPS // 2) / RESIDUAL_STEPS * float(q.sum())  # the nibbles count from -8
-        dots: np.ndarray = m @ weights - np.float32(offset)
+        steps = q * np.float32(1.0 / RESIDUAL_STEPS)  # a nibble's weight; the nibbles count from -8
+        low, high = steps[0::2], steps[1::2]
+        if len(high) < packed.shape[1]:  # an odd dimension: the last byte's high nibble is padding
+            high = np.append(high, np.float32(0.0))
+        # mixed-type products (int8 and uint8 against float32) without float copies of the codes
+        dots: np.ndarray = codes @ q + (packed & 15) @ low + (packed >> 4) @ high
+        dots -= np.float32((RESIDUAL_STEPS // 2) * float(steps.sum()))
         dots *= np.float32(1.0 / (127.0 * (self.scale or 1.0) * norm))
         return dots
 
