@@ -127,7 +127,8 @@ class VectorIndex:
         self.slot_of_doc = table
         self.live += len(slots)
         if self.graph is not None:
-            self.graph.extend(self.vectors.array(), self.next_slot)
+            with self.vectors.scan() as rows:  # not the long-lived map: a writer's memory stays what queries touch
+                self.graph.extend(rows, self.next_slot)
 
     # ---- opening ------------------------------------------------------------------------------------------
     def verify(self, old: VectorIndex | None, *, readonly: bool) -> list[str]:
