@@ -135,10 +135,9 @@ class DocumentStore:
         ).fetchone()
         return int(row[0])
 
-    def slots(self, doc: int, conn: sqlite3.Connection | None = None) -> list[tuple[str, int]]:
+    def slots(self, doc: int) -> list[tuple[str, int]]:
         """(field, slot) of each vector the document has."""
-        return [(r[0], int(r[1])) for r in (conn or self.db).execute("SELECT field, slot FROM vectors WHERE doc=?",
-                                                                     (doc,))]
+        return [(r[0], int(r[1])) for r in self.db.execute("SELECT field, slot FROM vectors WHERE doc=?", (doc,))]
 
     def drop_vector(self, doc: int, field: str) -> None:
         self.db.execute("DELETE FROM vectors WHERE doc=? AND field=?", (doc, field))

@@ -88,10 +88,6 @@ class AnnIndex:
     def __len__(self) -> int:
         return self._covered
 
-    @property
-    def memory_bytes(self) -> int:
-        return int(self._index.memory_usage) + self._covered * self._residuals.shape[1]
-
     def _codes(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """int8 codes of the normalised rows (components × scale × 127, rounded, saturated at ±127) and their
         packed 4-bit residuals."""

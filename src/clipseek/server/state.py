@@ -140,24 +140,22 @@ def default_model(request: Request) -> str:
     return cast(str, request.app.state.default_model)
 
 
-async def read(request: Request, fn: Callable[[Collection], T]) -> T:
-    """``fn(collection)`` in a worker thread, holding the served collection for reading."""
-    served = shared_of(request)
-
+async def _in_thread(hold: Callable[[], contextlib.AbstractContextManager[Collection]],
+                     fn: Callable[[Collection], T]) -> T:
     def go() -> T:
-        with served.reading() as coll:
+        with hold() as coll:
             return fn(coll)
     return await asyncio.to_thread(go)
+
+
+async def read(request: Request, fn: Callable[[Collection], T]) -> T:
+    """``fn(collection)`` in a worker thread, holding the served collection for reading."""
+    return await _in_thread(shared_of(request).reading, fn)
 
 
 async def write(request: Request, fn: Callable[[Collection], T]) -> T:
     """``fn(writer)`` in a worker thread, holding the writer."""
-    served = shared_of(request)
-
-    def go() -> T:
-        with served.writing() as coll:
-            return fn(coll)
-    return await asyncio.to_thread(go)
+    return await _in_thread(shared_of(request).writing, fn)
 
 
 __all__ = ["Busy", "Encoders", "Shared", "default_model", "encoder_for", "read", "shared_of",
