@@ -13,8 +13,9 @@ given float32, usearch would normalise each vector and multiply by 127, and a 51
 A search returns its whole beam (targetHits + exploreAdditionalHits candidates) and every candidate is re-scored
 from the graph's int8 code plus a 4-bit residual kept here (the rest of the normalised component, in sixteenths
 of a code step): 12 bits a component in memory, while the float32 rows stay on disk for exact search and
-export. Ranked that way, 200k × 512 clustered vectors (bench/ann.py's) keep recall@10 0.998 against exact float32
-ranking (int8 alone: 0.97; float16: 0.999), the cosine within 2e-5 (median; 1e-3 where a component saturates).
+export. Ranked that way (an ad hoc check), 200k × 512 clustered vectors (bench/ann.py's) keep recall@10 0.998
+against exact float32 ranking (int8 alone: 0.97; float16: 0.999), the cosine within 2e-5 (median; 1e-3 where a
+component saturates).
 The relevance of an HNSW hit is therefore the cosine to about 1e-4, not to float32's precision; an exact search
 (``approximate: false``, or the planner's choice) reads the float32 rows.
 
