@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -38,6 +40,14 @@ def isolated_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CLIPSEEK_HOME", str(base / "home"))
     monkeypatch.setenv("CLIPSEEK_CACHE", str(base / "cache"))
     yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def scratch(tmp_path_factory, name: str) -> Iterator[Path]:
+    """A module fixture's folder, removed when the fixture ends: the exported towers take GBs of disk."""
+    path = tmp_path_factory.mktemp(name)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -107,17 +108,20 @@ def onnx_vectors(folder, tokens, pixels):
 @pytest.fixture(scope="module")
 def hub_model(tmp_path_factory):
     """name → (spec, torch model, random-init hub file, the folder `clipseek models fetch --weights` makes)."""
-    made = {}
+    made, works = {}, []
 
     def make(name):
         if name not in made:
             spec = get_spec(name)
             work = tmp_path_factory.mktemp(spec.slug)
+            works.append(work)
             clip = random_clip(spec, seed=len(name))
             weights = save_hub_file(clip, work / "open_clip_model.safetensors")
             made[name] = spec, clip, weights, fetch_model(spec, weights=weights, exporter="builder", out=work / "m")
         return made[name]
-    return make
+    yield make
+    for work in works:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture(params=["ViT-B/32", "ViT-B/16", "RN50"])
@@ -173,8 +177,6 @@ def test_the_torch_export_of_the_same_weights_gives_the_same_vectors(hub_model, 
 def test_models_fetch_downloads_builds_and_caches_for_offline_use(hub_model, tmp_path, monkeypatch):
     """`clipseek models fetch ViT-B/32` against a stand-in hub holding a random-init file under the registry's
     repo id: downloaded, verified, built without torch, cached; then loaded offline, and from a copied folder."""
-    import shutil
-
     from ..hub_server import Hub, serve
 
     spec, clip, weights, _folder = hub_model("ViT-B/32")

@@ -8,7 +8,7 @@ import pytest
 from clipseek.models import OnnxEncoder, get_spec, load_model
 from clipseek.models.loader import export_model
 
-from ..conftest import need_module
+from ..conftest import need_module, scratch
 from ..imagegen import photo_like
 
 torch = need_module("torch")
@@ -29,8 +29,8 @@ def exported(request, tmp_path_factory):
     spec = get_spec(request.param)
     torch.manual_seed(1234)
     clip = open_clip.create_model(spec.arch, pretrained=None, force_quick_gelu=spec.quick_gelu).eval()
-    folder = export_model(clip, spec, tmp_path_factory.mktemp(spec.slug))
-    return spec, clip, folder
+    for work in scratch(tmp_path_factory, spec.slug):
+        yield spec, clip, export_model(clip, spec, work)
 
 
 def cosines(a, b):
