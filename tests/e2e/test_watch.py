@@ -172,7 +172,7 @@ def test_watching_by_polling_finds_new_files(library, tmp_path):
         assert "scanning every 2 s" in w.output()
         new = library / "new.png"
         new.write_bytes(png_bytes(35))
-        w.wait_for(new, True, 10)
+        w.wait_for(new, True, 30)  # a scan every 2 s, then the model loads: slow on a loaded machine
     finally:
         w.stop()
 
