@@ -1,4 +1,4 @@
-"""ANN search, side by side in one run: clipseek's collection (usearch HNSW, int8 + exact re-scoring) vs faiss
+"""ANN search, side by side in one run: clipseek's collection (faiss HNSW over int8 codes + re-scoring) vs faiss
 IndexHNSWFlat.
 
     .venv/bin/python bench/ann.py [--n 200000] [--queries 1000] [--no-faiss]
@@ -18,7 +18,7 @@ alike: the graph, every vector row the queries read, and (clipseek) the hits' su
 
 Also: filtered search (a filter passing 1, 10, 50 and 90 % of the documents: p50 latency against the unfiltered
 search's, recall against exact filtered search), exact search latency, build time, and the time to reopen the
-collection and answer a first query. Needs faiss-cpu (`pip install faiss-cpu`) unless ``--no-faiss``.
+collection and answer a first query. ``--no-faiss`` skips faiss's index (a long build at a million rows).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ import json, sys, numpy as np
 def rss(): return int(open('/proc/self/statm').read().split()[1]) * 4096
 engine, path, queries, beam = sys.argv[1], sys.argv[2], np.load(sys.argv[3]), int(sys.argv[4])
 if engine == 'clipseek':
-    import onnxruntime, usearch.index, sqlite3  # the libraries' own code is not the index's memory
+    import onnxruntime, faiss, sqlite3  # the libraries' own code is not the index's memory
     from clipseek.collection import Collection
     before = rss()
     c = Collection.open(path, readonly=True)
@@ -181,7 +181,7 @@ def main() -> None:
 
     print(f"{'engine':<34} {'setting':<22} {'recall@10':>9} {'QPS':>8}")
     for beam, rec, qps in table["clipseek"]:
-        print(f"{'clipseek (usearch i8 + rescore)':<34} {f'targetHits 10+{beam - 10}':<22} {rec:9.4f} {qps:8.0f}")
+        print(f"{'clipseek (faiss HNSW-SQ8 + rescore)':<34} {f'targetHits 10+{beam - 10}':<22} {rec:9.4f} {qps:8.0f}")
     for ef, rec, qps in table.get("faiss", []):
         print(f"{'faiss IndexHNSWFlat f32':<34} {'efSearch ' + str(ef):<22} {rec:9.4f} {qps:8.0f}")
     c = best(table["clipseek"])

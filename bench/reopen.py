@@ -49,7 +49,7 @@ folder = Path(sys.argv[1]); n = int(sys.argv[2])
 v = VectorFile(folder / "vectors" / "vit_b_32_image.f32", 512, n)
 t = time.perf_counter(); rows = v.array(); crc = v.checksums_of(rows); a = time.perf_counter() - t
 t = time.perf_counter(); norms = np.linalg.norm(rows, axis=1); b = time.perf_counter() - t
-(snap,) = (folder / "ann").glob("*.usearch")
+(snap,) = (folder / "ann").glob("*.faiss")
 t = time.perf_counter(); file_crc32(snap); c = time.perf_counter() - t
 print(f"{a:.3f} {b:.3f} {c:.3f} {snap.stat().st_size / 2**20:.0f}")
 """

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import store
-from .hnsw import snapshot_meta
+from .hnsw import LEGACY_SUFFIXES, SUFFIX, snapshot_meta
 
 
 @dataclass
@@ -121,7 +121,8 @@ def _check_field(folder: Path, db: sqlite3.Connection, report: CheckReport, repa
             _problem(report, f"field {name}: {wrong} norms in {vectors.norm_path.name} disagree with the rows", repair)
         if repair:
             vectors.rewrite_derived(0, norms)
-    for snapshot in sorted((folder / "ann").glob(f"{name}.*.usearch")):
+    snapshots = [p for suffix in (SUFFIX, *LEGACY_SUFFIXES) for p in (folder / "ann").glob(f"{name}.*{suffix}")]
+    for snapshot in sorted(snapshots):
         meta_path = snapshot.with_suffix(".json")
         if snapshot_meta(snapshot) is None:
             _problem(report, f"field {name}: graph snapshot {snapshot.name} is damaged or of an older format "

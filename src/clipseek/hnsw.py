@@ -1,27 +1,29 @@
-"""The HNSW graph of one vector field (usearch), and Vespa's closeness. Exact scoring over the float32 rows, and
+"""The HNSW graph of one vector field (faiss), and Vespa's closeness. Exact scoring over the float32 rows, and
 the plan that chooses between the two, are :mod:`clipseek.vectors`'.
 
 Distances follow Vespa's ``angular`` metric: ``d = arccos(q·a / (|q||a|))`` in radians, and relevance is
 Vespa's ``closeness = 1 / (1 + d)``.
 
-The HNSW graph only proposes candidates. It holds int8 codes of the L2-normalised vectors, scaled so the
+The HNSW graph only proposes candidates. It is faiss's ``IndexHNSWSQ`` over int8 codes of the L2-normalised
+vectors (``QT_8bit_direct_signed``: faiss stores the codes we make, it does not re-quantise them), scaled so the
 field's largest components (ignoring 1 in 100,000, which saturate) use the whole int8 range, compared by inner
-product, which is the cosine up to quantisation noise. The codes are made here and handed to usearch as int8:
-given float32, usearch would normalise each vector and multiply by 127, and a 512-dim unit vector's components
-(~0.04) would then use ±20 of the ±127 (200k × 512: the graph's own top 10 had recall 0.81 that way, 0.95 now).
+product with the float query, which is the cosine up to quantisation noise. (Codes at a fixed × 127 would leave
+a 512-dim unit vector's components, ~0.04, ±20 of the ±127: 200k × 512, the graph's own top 10 had recall 0.81
+that way, 0.95 scaled.)
 
 A search returns its whole beam (targetHits + exploreAdditionalHits candidates) and every candidate is re-scored
-from the graph's int8 code plus a 4-bit residual kept here (the rest of the normalised component, in sixteenths
-of a code step): 12 bits a component in memory, while the float32 rows stay on disk for exact search and
-export. Ranked that way (an ad hoc check), 200k × 512 clustered vectors (bench/ann.py's) keep recall@10 0.998
-against exact float32 ranking (int8 alone: 0.97; float16: 0.999), the cosine within 2e-5 (median; 1e-3 where a
-component saturates).
+from the graph's int8 code (read in place from faiss's code array) plus a 4-bit residual kept here (the rest of
+the normalised component, in sixteenths of a code step): 12 bits a component in memory, while the float32 rows
+stay on disk for exact search and export. Ranked that way (an ad hoc check), 200k × 512 clustered vectors
+(bench/ann.py's) keep recall@10 0.998 against exact float32 ranking (int8 alone: 0.97; float16: 0.999), the
+cosine within 2e-5 (median; 1e-3 where a component saturates).
 The relevance of an HNSW hit is therefore the cosine to about 1e-4, not to float32's precision; an exact search
 (``approximate: false``, or the planner's choice) reads the float32 rows.
 
-The graph's keys are the field's slots (rows of its vector file, appended in order), so it grows by appending
-the rows past the ones it covers. Removed or replaced documents leave dead slots in the graph; searches skip
-them (and slots outside a filter) with a bitmap of the slots that may be returned.
+The graph's ids are the field's slots (rows of its vector file, appended in order; faiss numbers added vectors
+in order), so it grows by appending the rows past the ones it covers. Removed or replaced documents leave dead
+slots in the graph; searches skip them, and slots outside a filter, inside the graph walk (faiss's
+``IDSelectorBitmap``: the walk goes through them, the beam holds only slots that may be returned).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -51,10 +53,21 @@ def closeness(cosine: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + angle)
 
 
-#: 3: + the residuals (<field>.<n>.r4); 2: int8 codes made here; 1: codes usearch made from float32 (× 127)
-SNAPSHOT_FORMAT = "usearch-i8-ip-3"
+#: 4: faiss IndexHNSWSQ (<field>.<n>.faiss); 3: usearch + the residuals; 2: int8 codes made here; 1: codes usearch
+#: made from float32 (× 127). A snapshot of another format is never loaded: the graph is rebuilt from the rows.
+SNAPSHOT_FORMAT = "faiss-hnsw-sq8-ip-4"
+SUFFIX = ".faiss"
+LEGACY_SUFFIXES = (".usearch",)  # older clipseek's snapshots, removed when a new one is saved
 RESIDUAL_STEPS = 16  # a residual counts sixteenths of a code step, stored as 0..15 (that is -8..7), two a byte
+CODE_OFFSET = 128  # faiss's QT_8bit_direct_signed stores an int8 code c as the byte c + 128
 ADD_CHUNK = 65_536  # rows coded and added at a time
+_threads = threading.local()  # OpenMP's thread count is per calling thread: one for a search, all for an add
+
+
+def _omp_threads(faiss: Any, n: int) -> None:
+    if getattr(_threads, "n", None) != n:
+        faiss.omp_set_num_threads(n)  # a single-query search in a parallel region costs ~30-70 µs more
+        _threads.n = n
 
 
 def file_crc32(path: Path) -> int:
@@ -68,30 +81,31 @@ def file_crc32(path: Path) -> int:
 
 class AnnIndex:
     """An HNSW graph over slots ``0 .. len-1`` of one field, and the rows' residuals; thread-safe; snapshots to
-    ``<dir>/<field>.<n>.usearch`` with the residuals in ``<field>.<n>.r4`` and its quantisation scale and
+    ``<dir>/<field>.<n>.faiss`` with the residuals in ``<field>.<n>.r4`` and its quantisation scale and
     checksums in ``<field>.<n>.json``."""
 
     def __init__(self, dim: int, params: HnswParams, scale: float | None = None) -> None:
-        import onnxruntime  # noqa: F401  loaded first: importing it after usearch segfaults (ORT 1.32, usearch 2.26)
-        from usearch.compiled import ScalarKind
-        from usearch.index import Index
+        import faiss as faiss_module
 
+        faiss: Any = faiss_module  # SWIG bindings: its stubs do not know the subclasses' members
+        self._faiss = faiss
         self.dim, self.params = dim, params
         self.scale = scale
         self.is_view = False
         self._covered = 0
         self._lock = threading.Lock()
-        self._index = Index(ndim=dim, metric="ip", dtype="i8", connectivity=params.max_links_per_node,
-                            expansion_add=params.neighbors_to_explore_at_insert, expansion_search=64)
-        self._i8 = ScalarKind.I8
+        self._index = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit_direct_signed,
+                                        params.max_links_per_node, faiss.METRIC_INNER_PRODUCT)
+        self._index.hnsw.efConstruction = params.neighbors_to_explore_at_insert
+        self._code_bytes: np.ndarray = np.zeros((0, dim), dtype=np.uint8)  # faiss's code array, in place (code + 128)
         self._residuals = np.zeros((0, (dim + 1) // 2), dtype=np.uint8)  # capacity ≥ covered rows
 
     def __len__(self) -> int:
         return self._covered
 
     def _codes(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """int8 codes of the normalised rows (components × scale × 127, rounded, saturated at ±127) and their
-        packed 4-bit residuals."""
+        """int8 codes (as float32, what faiss is given) of the normalised rows (components × scale × 127, rounded,
+        saturated at ±127) and their packed 4-bit residuals."""
         x = np.array(rows, dtype=np.float32, ndmin=2)
         norms = np.linalg.norm(x, axis=1, keepdims=True)
         x /= np.where(norms > 0, norms, 1.0)
@@ -109,7 +123,14 @@ class AnnIndex:
         if self.dim % 2:
             nibbles = np.concatenate([nibbles, np.full((len(nibbles), 1), RESIDUAL_STEPS // 2, np.uint8)], axis=1)
         packed = nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)
-        return codes.astype(np.int8), packed
+        return codes, packed
+
+    def _map_codes(self) -> None:
+        """Point at faiss's code array (after loading or adding: a growing array moves); under the lock."""
+        storage = self._faiss.downcast_index(self._index.storage)
+        n = int(storage.ntotal)
+        view = self._faiss.rev_swig_ptr(storage.codes.data(), n * self.dim) if n else np.zeros(0, np.uint8)
+        self._code_bytes = np.asarray(view).reshape(n, self.dim)
 
     def extend(self, rows: np.ndarray, upto: int) -> None:
         """Add ``rows[len(self):upto]`` (the slots past the ones covered), using all cores."""
@@ -120,38 +141,54 @@ class AnnIndex:
                 grown = np.empty((max(upto, 2 * len(self._residuals)), self._residuals.shape[1]), np.uint8)
                 grown[: self._covered] = self._residuals[: self._covered]
                 self._residuals = grown
+            _omp_threads(self._faiss, os.cpu_count() or 1)
             for start in range(self._covered, upto, ADD_CHUNK):  # chunks: codes, not a float32 copy, in memory
                 end = min(start + ADD_CHUNK, upto)
                 codes, residuals = self._codes(rows[start:end])
                 self._residuals[start:end] = residuals
-                self._index.add(np.arange(start, end, dtype=np.uint64), codes)
+                self._index.add(codes)  # faiss numbers them ntotal, ntotal + 1, ...: the slots
                 self._covered = end
+            self._map_codes()
 
-    def _query_code(self, query: np.ndarray) -> np.ndarray:
+    def _query(self, query: np.ndarray) -> np.ndarray:
+        """The query as the codes are scaled (unit length × 127 × scale), kept in float32 for the graph walk."""
         q = np.asarray(query, dtype=np.float32)
         norm = float(np.sqrt(q @ q))
-        q = q * np.float32(127.0 * (self.scale or 1.0) / norm if norm > 0 else 0.0)  # as _codes, inline: ~3 µs less
-        np.rint(q, out=q)
-        np.minimum(q, 127.0, out=q)
-        np.maximum(q, -127.0, out=q)
-        return q.astype(np.int8)[None]
+        return (q * np.float32(127.0 * (self.scale or 1.0) / norm if norm > 0 else 0.0))[None]
 
-    def search(self, query: np.ndarray, count: int, ef: int, allow: np.ndarray | None = None) -> np.ndarray:
+    def search(self, query: np.ndarray, count: int, ef: int, allow: np.ndarray | None = None,
+               walk: int | None = None) -> np.ndarray:
         """The beam's candidate slots (at least ``count`` when the graph has them), nearest first by the graph's
         approximate distance. ``ef`` is the beam (Vespa: targetHits + exploreAdditionalHits); ``allow`` a bitmap
-        (``np.packbits(..., bitorder="little")``) of the slots that may be returned."""
+        (``np.packbits(..., bitorder="little")``) of the slots that may be returned, applied inside the walk.
+
+        ``walk`` (at least the beam) is how many slots the walk keeps in view, those ``allow`` excludes included:
+        a filter passing a share ``p`` of the slots needs about ``ef / p`` for a beam of ``ef`` that pass."""
         width = min(max(ef, count), self._covered)
         if width <= 0:
             return np.zeros(0, dtype=np.int64)
-        code = self._query_code(query)
-        with self._lock:  # usearch's compiled index directly: the Python wrapper's result objects cost ~10 µs
-            self._index.expansion_search = width  # type: ignore[misc]
-            found, _, counts, _, _ = self._index._compiled.search_many(code, count=width, exact=False, threads=1)
-        keys = found[0, : counts[0]].astype(np.int64)
+        faiss = self._faiss
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = min(max(width, walk or 0), self._covered)
         if allow is not None:
-            keys = keys[keys < len(allow) * 8]
-            keys = keys[(allow[keys >> 3] >> (keys & 7)) & 1 == 1]
-        return keys
+            allow = np.ascontiguousarray(allow, dtype=np.uint8)
+            selector = faiss.IDSelectorBitmap(len(allow), faiss.swig_ptr(allow))  # held until the search returns
+            params.sel = selector
+        query_code = self._query(query)
+        _omp_threads(faiss, 1)
+        with self._lock:
+            _, labels = self._index.search(query_code, width, params=params)
+        keys: np.ndarray = labels[0]
+        return keys[keys >= 0]
+
+    def _code_rows(self, slots: np.ndarray) -> np.ndarray:
+        with self._lock:  # a copy of the rows' code bytes: a writer's add may move faiss's array
+            rows: np.ndarray = self._code_bytes[slots]
+        return rows
+
+    def codes(self, slots: np.ndarray) -> np.ndarray:
+        """The int8 codes of the rows at ``slots``."""
+        return (self._code_rows(slots).astype(np.int16) - CODE_OFFSET).astype(np.int8)
 
     def cosines(self, query: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """Cosines of ``query`` with the rows at ``slots`` (covered ones), from their codes and residuals: within
@@ -160,17 +197,15 @@ class AnnIndex:
         norm = float(np.sqrt(q @ q))
         if len(slots) == 0 or norm == 0:
             return np.zeros(len(slots), dtype=np.float32)
-        with self._lock:  # the codes' bytes, joined: ~3x faster than stacking the arrays usearch returns
-            rows = cast("tuple[bytes, ...]", self._index._compiled.get_many(slots.astype(np.uint64), self._i8))
-        codes = np.frombuffer(b"".join(rows), dtype=np.int8).reshape(len(slots), self.dim)
+        code_bytes = self._code_rows(slots)
         packed = self._residuals[slots]
         steps = q * np.float32(1.0 / RESIDUAL_STEPS)  # a nibble's weight; the nibbles count from -8
         low, high = steps[0::2], steps[1::2]
         if len(high) < packed.shape[1]:  # an odd dimension: the last byte's high nibble is padding
             high = np.append(high, np.float32(0.0))
-        # mixed-type products (int8 and uint8 against float32) without float copies of the codes
-        dots: np.ndarray = codes @ q + (packed & 15) @ low + (packed >> 4) @ high
-        dots -= np.float32((RESIDUAL_STEPS // 2) * float(steps.sum()))
+        # mixed-type products (uint8 against float32); the codes' and nibbles' offsets are taken off once
+        dots: np.ndarray = code_bytes @ q + (packed & 15) @ low + (packed >> 4) @ high
+        dots -= np.float32(CODE_OFFSET * float(q.sum()) + (RESIDUAL_STEPS // 2) * float(steps.sum()))
         dots *= np.float32(1.0 / (127.0 * (self.scale or 1.0) * norm))
         return dots
 
@@ -179,9 +214,9 @@ class AnnIndex:
         folder.mkdir(parents=True, exist_ok=True)
         with self._lock:
             covered = self._covered
-            target = folder / f"{field}.{covered}.usearch"
+            target = folder / f"{field}.{covered}{SUFFIX}"
             tmp = folder / f".{field}.{covered}.tmp"
-            self._index.save(str(tmp))
+            self._faiss.write_index(self._index, str(tmp))
             residuals = self._residuals[:covered]
         meta = target.with_suffix(".json")
         residual_path, residual_tmp = target.with_suffix(".r4"), folder / f".{field}.{covered}.r4.tmp"
@@ -192,7 +227,8 @@ class AnnIndex:
         os.replace(meta_tmp, meta)
         os.replace(residual_tmp, residual_path)
         os.replace(tmp, target)
-        for old in [*folder.glob(f"{field}.*.usearch"), *folder.glob(f"{field}.*.json"), *folder.glob(f"{field}.*.r4")]:
+        for old in [*folder.glob(f"{field}.*{SUFFIX}"), *folder.glob(f"{field}.*.json"), *folder.glob(f"{field}.*.r4"),
+                    *(p for suffix in LEGACY_SUFFIXES for p in folder.glob(f"{field}.*{suffix}"))]:
             if old not in (target, meta, residual_path):
                 old.unlink(missing_ok=True)
         return target
@@ -202,33 +238,37 @@ class AnnIndex:
              max_covered: int | None = None) -> AnnIndex | None:
         """The newest readable snapshot covering at most ``max_covered`` slots, or None (caller rebuilds).
 
-        ``view`` memory-maps the files instead of reading them (instant, shared between processes; read-only)."""
+        ``view`` memory-maps the codes instead of reading them (shared between processes; read-only)."""
         snapshots = []
-        for path in folder.glob(f"{field}.*.usearch"):
-            label = path.name[len(field) + 1: -len(".usearch")]
+        for path in folder.glob(f"{field}.*{SUFFIX}"):
+            label = path.name[len(field) + 1: -len(SUFFIX)]
             if label.isdigit() and (max_covered is None or int(label) <= max_covered):
                 snapshots.append((int(label), path))
         for covered, path in sorted(snapshots, reverse=True):
             try:  # another format (older clipseek), a torn or damaged file: try an older one, else rebuild
                 meta = snapshot_meta(path)
                 if meta is None or meta.get("covered") != covered:
-                    continue  # usearch would crash on a damaged file: never load one
+                    continue  # a damaged file is never handed to faiss
                 index = cls(dim, params, scale=float(meta["scale"]))
+                faiss = index._faiss
                 width = index._residuals.shape[1]
                 residuals: np.ndarray
                 if view:
-                    index._index.view(str(path))
+                    loaded = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
                     residuals = np.memmap(path.with_suffix(".r4"), dtype=np.uint8, mode="r").view(np.ndarray)
                 else:
-                    index._index.load(str(path))
+                    loaded = faiss.read_index(str(path))
                     residuals = np.fromfile(path.with_suffix(".r4"), dtype=np.uint8)
                 if len(residuals) != covered * width:
                     continue
+                index._index = loaded  # (read_index gives the subclass; a downcast proxy would not own it)
                 index._residuals = residuals.reshape(covered, width)
             except Exception:
                 continue
-            if index._index.ndim == dim and len(index._index) == covered:
+            if (isinstance(index._index, index._faiss.IndexHNSWSQ) and index._index.d == dim
+                    and index._index.ntotal == covered):
                 index.is_view, index._covered = view, covered
+                index._map_codes()
                 return index
         return None
 

@@ -7,8 +7,9 @@ Layout of a collection folder::
     vectors/<field>.norm      float32 L2 norm of each row (derived; checked against the rows at open)
     vectors/<field>.crc       uint32 CRC-32 of each row's bytes, checked at open: a garbled row is an error
                               naming the field and slots, never a silently different ranking
-    ann/<field>.<n>.usearch   HNSW snapshot covering slots < n, + <n>.json (format, int8 scale, CRC-32 of the
-                              snapshot); caught up on open, rebuilt when missing, of another format or damaged
+    ann/<field>.<n>.faiss     HNSW snapshot covering slots < n, + <n>.r4 (4-bit residuals) and <n>.json (format,
+                              int8 scale, CRC-32s); caught up on open, rebuilt when missing, of another format or
+                              damaged
 
 A feed writes new vector rows first (fsync), then commits one SQLite transaction that points documents at
 them. A crash before the commit leaves only unreferenced rows past ``next_slot``, which the next write

@@ -11,7 +11,8 @@ filter is applied *before* choosing neighbours, so a filter never costs hits tha
 less than Vespa's approximate-threshold of 5 % — or when the query says ``approximate: false``; otherwise HNSW
 (:mod:`clipseek.hnsw`) proposes a beam of targetHits + exploreAdditionalHits candidates, re-scored from the
 graph's 12-bit codes (int8 + a 4-bit residual: the cosine to about 1e-4) so that an HNSW search never reads the
-float32 rows, which stay on disk; the exact plan scores the float32 rows.
+float32 rows, which stay on disk; the exact plan scores the float32 rows. A filter (and the dead slots) is applied
+inside the graph walk, whose view is widened by the share of slots that pass, so the beam holds passing candidates.
 
 Publication order, which concurrent searches rely on: a new slot's norm and row are in place before any
 document maps to it, and a search works on one snapshot of ``doc_of_slot`` (replaced, never grown in place).
@@ -32,6 +33,10 @@ from .errors import CollectionDamagedError, VectorError
 from .hnsw import AnnIndex, HnswParams, closeness
 
 APPROXIMATE_THRESHOLD = 0.05  # Vespa's default approximate-threshold: below it, exact search
+#: Vespa's default filter-first-threshold: below it, a filter leaves the graph walk few paths through passing slots
+#: (Vespa then explores further; here the walk's view is doubled: at 10 % of 50k × 512, an ad hoc check, recall@10
+#: went from 0.971 to 0.988).
+FILTER_FIRST_THRESHOLD = 0.3
 
 
 @dataclass(frozen=True)
@@ -274,15 +279,16 @@ class VectorIndex:
             allow = np.packbits(mask, bitorder="little")
         ef = k + explore
         want = min(ef, n_candidates)  # as Vespa: a whole beam of candidates that pass (live, in the filter)
+        share = max(n_candidates, 1) / rows
+        walk = math.ceil(ef / share * (2 if share < FILTER_FIRST_THRESHOLD else 1))  # a view of ~ef slots that pass
         while True:
-            keys = graph.search(q, k, ef=ef, allow=allow)
+            keys = graph.search(q, k, ef=ef, allow=allow, walk=walk)
             keys = keys[keys < rows]
             if len(keys) >= want:
                 return keys
-            if ef >= rows:  # the graph cannot reach them all: every candidate, scored exactly
+            if walk >= rows:  # the graph cannot reach them all: every candidate, scored exactly
                 return np.flatnonzero(doc_of_slot >= 0) if filtered is None else filtered
-            # dead slots or a filter took part of the beam: widen it by the share that passed (at least twice)
-            ef = min(rows, max(2 * ef, int(1.25 * ef * want / max(len(keys), 1))))
+            walk = min(rows, 2 * walk)  # the walk found too few that pass: widen its view
 
     def live_bitmap(self, rows: int) -> np.ndarray | None:
         """Bitmap of the live slots among the first ``rows`` (for the graph's selector); None when all live."""

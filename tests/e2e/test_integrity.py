@@ -121,7 +121,7 @@ def test_a_corrupt_graph_snapshot_is_never_loaded(tmp_path):
         c.search(vecs[0], field="tiny_image", hits=5)  # builds the graph; close() snapshots it
     q = vecs[17] + 0.01
     exact = ranking(folder, q, approximate=False)
-    (snapshot,) = (folder / "ann").glob("tiny_image.*.usearch")
+    (snapshot,) = (folder / "ann").glob("tiny_image.*.faiss")
     with open(snapshot, "r+b") as fh:
         fh.seek(snapshot.stat().st_size // 2)
         fh.write(os.urandom(64 * 1024))

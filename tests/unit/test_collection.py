@@ -310,7 +310,7 @@ def test_reopen_keeps_everything_and_the_graph(tmp_path):
         c.feed(docs)
         q = np.ones(DIM)
         before = [h.docid for h in c.search(q, field="tiny_image", hits=10, target_hits=50).hits]
-    assert list((tmp_path / "c" / "ann").glob("tiny_image.300.usearch"))
+    assert list((tmp_path / "c" / "ann").glob("tiny_image.300.faiss"))
     with Collection.open(tmp_path / "c", exact_threshold=0) as c:
         assert c.vector_index("tiny_image").graph is not None  # loaded, not rebuilt
         assert [h.docid for h in c.search(q, field="tiny_image", hits=10, target_hits=50).hits] == before
@@ -479,8 +479,8 @@ def test_the_graph_beam_is_rescored_not_just_its_first_hits(tmp_path):
 
 
 def test_the_graph_codes_use_the_int8_range_and_rank_near_float32(tmp_path):
-    """Given float32, usearch would normalise each vector and multiply by 127: a 512-dim unit vector's components
-    (~0.04) would use ±20 of ±127, and the graph's own top 10 would rank far from float32's (recall ~0.8)."""
+    """Codes at a fixed × 127 (what usearch made of float32): a 512-dim unit vector's components (~0.04) would
+    use ±20 of ±127, and the graph's own top 10 would rank far from float32's (recall ~0.8)."""
     rng = np.random.default_rng(5)
     data = around(rng, unit_centres(rng, 20, 512), 3000, 0.6).astype(np.float32)
     unit = data / np.linalg.norm(data, axis=1, keepdims=True)
@@ -489,7 +489,7 @@ def test_the_graph_codes_use_the_int8_range_and_rank_near_float32(tmp_path):
         c.feed([Document(str(i), vectors={"big_image": v}) for i, v in enumerate(data)])
         c.search(data[0], field="big_image")
         ann = c.vector_index("big_image").graph
-        codes = np.abs(np.stack(ann._index.get(np.arange(3000, dtype=np.uint64))).astype(np.int32))
+        codes = np.abs(ann.codes(np.arange(3000)).astype(np.int32))
         assert codes.max() == 127 and np.percentile(codes, 99) > 60
         found = 0
         for q in around(rng, data, 50, 0.3):
@@ -505,6 +505,7 @@ def test_a_query_along_one_axis_saturates_its_codes_rather_than_wrapping(tmp_pat
     with Collection.create(tmp_path / "c", exact_threshold=0) as c:
         c.add_field("f_image", "m", 64)
         c.feed([Document(str(i), vectors={"f_image": v}) for i, v in enumerate(rng.standard_normal((3000, 64)))])
+        c.search(np.ones(64), field="f_image")  # the graph, and its code scale, from these rows
         c.feed([Document(f"axis{i}", vectors={"f_image": v}) for i, v in enumerate(axes)])
         found = [c.search(np.eye(64)[i], field="f_image", hits=1, target_hits=1,
                           explore_additional_hits=20).hits[0].docid for i in range(20)]
