@@ -335,6 +335,25 @@ def test_a_snapshot_of_an_older_graph_format_is_rebuilt_not_loaded(tmp_path):
     assert json.loads(sidecar.read_text())["format"] == SNAPSHOT_FORMAT
 
 
+def test_an_older_clipseeks_graph_file_is_reported_then_replaced(tmp_path):
+    """A usearch snapshot (clipseek before faiss) is never loaded: `check` names it, the next snapshot removes it."""
+    from clipseek.check import check
+
+    docs = make_docs(300)
+    with Collection.create(tmp_path / "c", exact_threshold=0) as c:
+        c.add_field("tiny_image", "tiny", DIM)
+        c.feed(docs)
+    old = tmp_path / "c" / "ann" / "tiny_image.300.usearch"
+    old.parent.mkdir(exist_ok=True)
+    old.write_bytes(b"\0" * 4096)
+    old.with_suffix(".json").write_text(json.dumps({"format": "usearch-i8-ip-3", "covered": 300}))
+    assert any("tiny_image.300.usearch" in p for p in check(tmp_path / "c").problems)
+    with Collection.open(tmp_path / "c", exact_threshold=0) as c:
+        assert c.search(docs[5].vectors["tiny_image"], field="tiny_image", hits=1).hits[0].docid == "d5"
+    assert sorted(p.name for p in old.parent.iterdir()) == ["tiny_image.300.faiss", "tiny_image.300.json",
+                                                             "tiny_image.300.r4"]
+
+
 def test_bad_folders_and_locks(tmp_path):
     with pytest.raises(NotACollectionError, match="does not exist"):
         Collection.open(tmp_path / "nope")
