@@ -51,6 +51,10 @@ class DocumentStore:
         self.summaries = Summaries()
         self.columns = Columns()
         self._local = threading.local()
+        # The documents each predicate matched, until the documents change: a filter repeated with new query
+        # vectors (the page's filters, a server's clients) is evaluated once per change, not once per search.
+        self._changes = 0
+        self._matched: dict[tuple[str, str, str], tuple[int, np.ndarray]] = {}
 
     def conn(self) -> sqlite3.Connection:
         """The writer's connection for writers; a per-thread read connection for searches."""
@@ -186,15 +190,18 @@ class DocumentStore:
         """After a commit: the in-memory copies (summaries, attribute columns) re-read these documents."""
         self.summaries.written(self.db, doc_ids)
         self.columns.written(self.db, doc_ids)
+        self._changes += 1  # after the copies: a search that sees the new count sees the new values
 
     def removed(self, doc: int) -> None:
         self.summaries.removed(doc)
         self.columns.removed(doc)
+        self._changes += 1
 
     def reset(self) -> None:
         """Another process changed the documents: the in-memory copies are built again once warm."""
         self.summaries.reset()
         self.columns.reset()
+        self._changes += 1
 
     def all_ids(self) -> np.ndarray:
         return np.sort(np.fromiter((r[0] for r in self.conn().execute("SELECT id FROM documents")), dtype=np.int64))
@@ -208,8 +215,25 @@ class DocumentStore:
         finally:
             conn.row_factory = sqlite3.Row
 
+    MATCHED_KEPT = 64  # predicates whose documents are kept (all dropped when full; 0: none kept)
+
     def matching(self, p: yql.Predicate) -> np.ndarray:
-        """The sorted ids of the documents a predicate matches."""
+        """The sorted ids of the documents a predicate matches (a read-only array: kept for the next search with
+        the same predicate until the documents change)."""
+        key = (p.field, p.op, repr(p.value))
+        changes = self._changes  # read before evaluating: a change meanwhile makes this entry stale, never wrong
+        kept = self._matched.get(key)
+        if kept is not None and kept[0] == changes:
+            return kept[1]
+        found = self._evaluate(p)
+        found.flags.writeable = False
+        if self.MATCHED_KEPT:
+            if len(self._matched) >= self.MATCHED_KEPT:
+                self._matched = {}
+            self._matched[key] = (changes, found)
+        return found
+
+    def _evaluate(self, p: yql.Predicate) -> np.ndarray:
         if p.op == "near":
             return self._near(*p.value)
         column = "docid" if p.field in ("documentid",) else p.field

@@ -77,6 +77,9 @@ class VectorIndex:
         self.graph: AnnIndex | None = None
         self.verified = 0  # rows whose checksum was checked (and whose norms were computed) from the data
         self._live: tuple[int, int, np.ndarray | None] = (-1, -1, None)  # (version, rows, bitmap)
+        # the last filter's slots and graph bitmap, by the identity of its (read-only, kept) document ids
+        self._filter: tuple[np.ndarray, int, int, np.ndarray] | None = None  # (ids, version, rows, slots)
+        self._filter_bitmap: tuple[np.ndarray, int, np.ndarray] | None = None  # (slots, graph rows, bitmap)
         self.version = 0  # bumped whenever a slot dies (doc_of_slot changes in place)
         self._build_lock = threading.Lock()
         self.live = 0  # live slots: documents with a vector in this field
@@ -209,12 +212,23 @@ class VectorIndex:
         slots: np.ndarray = table[docs]
         return slots[(slots >= 0) & (slots < rows)]
 
+    def _filter_slots(self, allowed: np.ndarray, rows: int) -> np.ndarray:
+        """:meth:`slots_of` the filter's documents, the same answer again while neither the ids (a kept array
+        from the document store, which every write replaces) nor the slots changed."""
+        kept = self._filter
+        if kept is not None and kept[0] is allowed and kept[1] == self.version and kept[2] == rows:
+            return kept[3]
+        slots = self.slots_of(allowed, rows)
+        if not allowed.flags.writeable:  # only a kept array can come again
+            self._filter = (allowed, self.version, rows, slots)
+        return slots
+
     def nearest(self, q: np.ndarray, k: int, *, explore: int = 0, approximate: bool | None = None,
                 allowed: np.ndarray | None = None, exact_threshold: int = 4096) -> Neighbors:
         """The ``k`` nearest live documents (of ``allowed``, document ids, when given), best first."""
         doc_of_slot = self.doc_of_slot  # one consistent snapshot for this search
         rows = len(doc_of_slot)
-        filtered = None if allowed is None else self.slots_of(allowed, rows)
+        filtered = None if allowed is None else self._filter_slots(allowed, rows)
         n_candidates = self.live if filtered is None else len(filtered)
         exact = (approximate is False or n_candidates <= max(exact_threshold, k)
                  or (filtered is not None and n_candidates < APPROXIMATE_THRESHOLD * self.live))
@@ -274,9 +288,7 @@ class VectorIndex:
         if filtered is None:
             allow = self.live_bitmap(rows)
         else:  # the filter's live slots: the graph is walked through the others, which are never returned
-            mask = np.zeros(rows, dtype=bool)
-            mask[filtered[filtered < rows]] = True
-            allow = np.packbits(mask, bitorder="little")
+            allow = self._bitmap(filtered, rows)
         ef = k + explore
         want = min(ef, n_candidates)  # as Vespa: a whole beam of candidates that pass (live, in the filter)
         share = max(n_candidates, 1) / rows
@@ -289,6 +301,17 @@ class VectorIndex:
             if walk >= rows:  # the graph cannot reach them all: every candidate, scored exactly
                 return np.flatnonzero(doc_of_slot >= 0) if filtered is None else filtered
             walk = min(rows, 2 * walk)  # the walk found too few that pass: widen its view
+
+    def _bitmap(self, slots: np.ndarray, rows: int) -> np.ndarray:
+        """Bitmap of ``slots`` (those below ``rows``) for the graph's selector; the last one is kept."""
+        kept = self._filter_bitmap
+        if kept is not None and kept[0] is slots and kept[1] == rows:
+            return kept[2]
+        mask = np.zeros(rows, dtype=bool)
+        mask[slots[slots < rows]] = True
+        bitmap = np.packbits(mask, bitorder="little")
+        self._filter_bitmap = (slots, rows, bitmap)
+        return bitmap
 
     def live_bitmap(self, rows: int) -> np.ndarray | None:
         """Bitmap of the live slots among the first ``rows`` (for the graph's selector); None when all live."""

@@ -32,6 +32,7 @@ def test_columns_answer_as_sqlite_does(tmp_path):
         predicates = [yql.Predicate(name, op, value) for name, values in (
             ("width", [0, 10, 25.5, 49, 60]), ("taken", [0.5, 7, 10.5, 19.5]),
             ("size", [2**62, 2**62 + 1, 2**62 + 2]), ("lat", [-0.5, 0.0, 0.25])) for value in values for op in OPS]
+        c.store.MATCHED_KEPT = 0  # every call evaluates (the kept answers are tested in test_store)
         c.store.columns.WARM_AFTER = 10**9
         from_sqlite = answers(c, predicates)
         assert not c.store.columns.in_memory
@@ -55,6 +56,7 @@ def test_a_filtered_search_reads_the_columns(tmp_path):
         c.add_field("f_image", "m", 4)
         c.feed(docs(rng, 300))
         q = rng.standard_normal(4)
+        c.store.MATCHED_KEPT = 0  # each search evaluates its filter (by SQLite, then by the columns)
         c.store.columns.WARM_AFTER = 10**9
         before = [h.docid for h in c.search(q, field="f_image", hits=20, filter=Filter(min_width=20)).hits]
         c.store.columns.WARM_AFTER = 0
