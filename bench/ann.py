@@ -42,7 +42,7 @@ from clipseek.collection import Collection, Document, Filter
 
 DIM = 512
 FIELD = "vit_b_32_image"
-BEAMS = (16, 24, 32, 40, 48, 64, 96, 128)  # the same beam widths for both engines
+BEAMS = (16, 24, 32, 40, 48, 64, 96, 128, 192, 256)  # the same beam widths for both engines (1M needs > 128)
 ROUNDS = 3  # interleaved repetitions; the best time of each counts
 FILTER_SHARES = (1, 10, 50, 90)  # % of the documents a filter passes (width < share)
 
