@@ -4,7 +4,8 @@
 # environment, from this checkout, with pip resolving as it does on this machine; the figure is the size of the
 # environment's site-packages less that of an empty one, and the number of distributions installed.
 #
-#     bash bench/install_size.sh
+#     bash bench/install_size.sh            # both
+#     bash bench/install_size.sh .          # the base package only
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,7 +17,9 @@ site_mib() { du -sm "$("$1/bin/python" -c 'import sysconfig; print(sysconfig.get
 "$PYTHON" -m venv "$work/empty"
 empty=$(site_mib "$work/empty")
 printf '| install | distributions | site-packages MiB (less an empty venv) | largest |\n|---|---:|---:|---|\n'
-for target in "." ".[export]"; do
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=("." ".[export]")
+for target in "${targets[@]}"; do
   env="$work/venv"
   rm -rf "$env"
   "$PYTHON" -m venv "$env"
@@ -28,4 +31,5 @@ for target in "." ".[export]"; do
   largest=$(du -sm "$purelib"/*/ 2>/dev/null | sort -rn | head -4 | awk '{n=$2; sub(".*/site-packages/","",n); sub("/$","",n); printf "%s%s %d", (NR>1?", ":""), n, $1}' || true)  # head closes the pipe early: not a failure
   printf '| pip install "clipseek%s" | %d | %d | %s |\n' "${target#.}" "$count" "$((site - empty))" "$largest"
 done
-"$work/venv/bin/python" -c 'import torch; print("torch", torch.__version__, "cuda:", torch.version.cuda)'
+"$work/venv/bin/python" -c 'import torch; print("torch", torch.__version__, "cuda:", torch.version.cuda)' 2>/dev/null \
+  || echo "(torch not installed)"
