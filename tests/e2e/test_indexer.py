@@ -299,4 +299,8 @@ def test_cli_search_options_not_in_min_relevance_paths_only_open(tmp_path, tiny)
     result = runner.invoke(main, ["search", "a red circle", "--collection", str(coll), "--open", "--paths-only", "-k",
                                   "3"], env=env)
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "opened.txt").read_text().strip() == result.output.splitlines()[0]
+    opened = tmp_path / "opened.txt"
+    deadline = time.monotonic() + 20  # click.launch starts the opener and does not wait for it
+    while not (opened.exists() and opened.read_text().endswith("\n")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert opened.read_text().strip() == result.output.splitlines()[0]
