@@ -44,7 +44,7 @@ import sys, time
 import numpy as np
 from pathlib import Path
 from clipseek.store import VectorFile
-from clipseek.hnsw import file_crc32
+from clipseek.checksums import file_crc32
 folder = Path(sys.argv[1]); n = int(sys.argv[2])
 v = VectorFile(folder / "vectors" / "vit_b_32_image.f32", 512, n)
 t = time.perf_counter(); rows = v.array(); crc = v.checksums_of(rows); a = time.perf_counter() - t

@@ -31,12 +31,14 @@ from __future__ import annotations
 import json
 import os
 import threading
-import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .checksums import file_crc32
 
 
 @dataclass(frozen=True)
@@ -68,15 +70,6 @@ def _omp_threads(faiss: Any, n: int) -> None:
     if getattr(_threads, "n", None) != n:
         faiss.omp_set_num_threads(n)  # a single-query search in a parallel region costs ~30-70 µs more
         _threads.n = n
-
-
-def file_crc32(path: Path) -> int:
-    """CRC-32 of a file's bytes, read in 16 MiB blocks."""
-    crc = 0
-    with open(path, "rb") as fh:
-        while block := fh.read(16 * 1024 * 1024):
-            crc = zlib.crc32(block, crc)
-    return crc
 
 
 class AnnIndex:
@@ -277,8 +270,11 @@ def snapshot_meta(path: Path) -> dict[str, Any] | None:
     """The snapshot's meta when the snapshot is of this format and its files match their checksums; else None."""
     try:
         meta: dict[str, Any] = json.loads(path.with_suffix(".json").read_text())
-        sound = (meta.get("format") == SNAPSHOT_FORMAT and meta.get("crc32") == file_crc32(path)
-                 and meta.get("residuals_crc32") == file_crc32(path.with_suffix(".r4")))
+        if meta.get("format") != SNAPSHOT_FORMAT:
+            return None
+        with ThreadPoolExecutor(2) as pool:  # zlib and file reads release the GIL: the two files at once
+            graph_crc, residuals_crc = pool.map(file_crc32, (path, path.with_suffix(".r4")))
+        sound = meta.get("crc32") == graph_crc and meta.get("residuals_crc32") == residuals_crc
     except (OSError, ValueError):
         return None
     return meta if sound else None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import warnings
 
-from .hnsw import SNAPSHOT_FORMAT, AnnIndex, HnswParams, closeness, file_crc32
+from .checksums import file_crc32
+from .hnsw import SNAPSHOT_FORMAT, AnnIndex, HnswParams, closeness
 
 warnings.warn("clipseek.index is now clipseek.hnsw; import from there", DeprecationWarning, stacklevel=2)
 

@@ -26,12 +26,12 @@ import json
 import os
 import sqlite3
 import time
-import zlib
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
+from . import checksums
 from .errors import CollectionDamagedError, CollectionVersionError, NotACollectionError
 from .schema import BY_NAME, PHOTO_ATTRIBUTES
 
@@ -267,11 +267,7 @@ class VectorFile:
     @staticmethod
     def checksums_of(rows: np.ndarray) -> np.ndarray:
         """CRC-32 of each row's little-endian float32 bytes."""
-        data = np.ascontiguousarray(rows, dtype="<f4")
-        width = data.shape[1] * 4 if data.ndim == 2 else 0
-        view = data.data.cast("B") if data.size else memoryview(b"")
-        return np.fromiter((zlib.crc32(view[i * width: (i + 1) * width]) for i in range(len(data))),
-                           dtype="<u4", count=len(data))
+        return checksums.row_crcs(np.ascontiguousarray(rows, dtype="<f4"))
 
     def checksums(self, start: int, end: int) -> np.ndarray:
         """CRC-32 of rows ``start..end`` as the vector file holds them now."""
@@ -300,12 +296,17 @@ class VectorFile:
             return self._verify(all_rows[start: self.rows], start)
 
     def _verify(self, rows: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray, int]:
-        with np.errstate(over="ignore", invalid="ignore"):  # a garbled row may overflow; its checksum says so
-            norms = np.linalg.norm(rows, axis=1).astype(np.float32)
         stored = self.stored_checksums(start, self.rows)
-        actual = self.checksums_of(rows[: len(stored)])
-        bad = np.flatnonzero(actual != stored).astype(np.int64) + start
-        return norms, bad, len(stored)
+        norms = np.empty(len(rows), np.float32)
+
+        def norms_of(a: int, b: int) -> None:  # in the checking threads, while the block is in the cache
+            with np.errstate(over="ignore", invalid="ignore"):  # a garbled row may overflow; its checksum says so
+                norms[a:b] = np.linalg.norm(rows[a:b], axis=1)
+
+        bad = checksums.bad_rows(rows[: len(stored)], stored, on_block=norms_of)
+        if len(stored) < len(rows):  # rows without a stored checksum (a collection from before checksums)
+            norms_of(len(stored), len(rows))
+        return norms, bad + start, len(stored)
 
     def rewrite_derived(self, start: int, norms: np.ndarray) -> None:
         """Rewrite rows ``start..`` of the norm file, and checksums the crc file lacks, from the data (a writer's
