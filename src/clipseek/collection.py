@@ -22,6 +22,7 @@ import os
 import sqlite3
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -296,21 +297,33 @@ class Collection:
 
     # ---- loading and refreshing ---------------------------------------------------------------------------
     def _load_fields(self) -> None:
-        self._data_version, self._count, rows = self.store.snapshot()
+        """Read the fields and their document ↔ slot maps in one snapshot, and check every row not checked yet
+        (its CRC-32 and norm) and the graph snapshot: the file work runs in threads while SQLite reads the maps.
+        Any problem is a CollectionDamagedError naming it; nothing is published then."""
+        started: dict[str, tuple[VectorIndex, Future[Any], Future[None]]] = {}
+        with ThreadPoolExecutor(2) as pool:
+
+            def start(name: str, model: str, dim: int, next_slot: int) -> None:
+                index = VectorIndex(self.path, FieldInfo(name, model, dim), next_slot, self.hnsw)
+                old = self._indexes.get(name)
+                started[name] = (index, pool.submit(index.check_rows, old),
+                                 pool.submit(index.load_graph, old, readonly=self.readonly))
+
+            self._data_version, self._count, rows = self.store.snapshot(on_field=start)
+        done = {name: (index, checked.result(), graph) for name, (index, checked, graph) in started.items()}
         indexes = {}
         problems: list[str] = []
-        for name, model, dim, next_slot, pairs in rows:
-            index = VectorIndex(self.path, FieldInfo(name, model, dim), next_slot, self.hnsw)
+        for name, _model, _dim, next_slot, pairs in rows:
+            index, checked, graph = done[name]
             if len(pairs) and (pairs[:, 1].min() < 0 or pairs[:, 1].max() >= next_slot):
                 problems.append(f"field {name}: documents point at slots past its {next_slot} rows")
                 continue
             index.map_slots(pairs[:, 0], pairs[:, 1])
-            old = self._indexes.get(name)
-            found = index.verify(old, readonly=self.readonly)
+            found = index.verify(self._indexes.get(name), readonly=self.readonly, checked=checked)
             if found:
                 problems.extend(found)
                 continue
-            index.load_graph(old, readonly=self.readonly)
+            graph.result()
             indexes[name] = index
         if problems:
             raise CollectionDamagedError(self.path, problems)

@@ -20,7 +20,7 @@ import math
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -86,9 +86,11 @@ class DocumentStore:
             store.set_meta(self.db, "indexed_roots", [base64.b64encode(r).decode("ascii") for r in [*current, *added]])
 
     # ---- the field registry ------------------------------------------------------------------------------
-    def snapshot(self) -> tuple[int, int, list[tuple[str, str, int, int, np.ndarray]]]:
+    def snapshot(self, on_field: Callable[[str, str, int, int], None] | None = None
+                 ) -> tuple[int, int, list[tuple[str, str, int, int, np.ndarray]]]:
         """In one read transaction: (data_version, document count, per field (name, model, dim, next_slot,
-        its (document, slot) pairs as an [n, 2] array))."""
+        its (document, slot) pairs as an [n, 2] array)). ``on_field(name, model, dim, next_slot)`` is called
+        before a field's pairs are read (so the caller can start checking its rows meanwhile)."""
         db = self.db
         db.execute("BEGIN")  # one snapshot: a commit between these reads would map slots past next_slot
         try:
@@ -96,6 +98,8 @@ class DocumentStore:
             count = self.count(db)
             fields = []
             for row in db.execute("SELECT name, model, dim, next_slot FROM vector_fields").fetchall():
+                if on_field is not None:
+                    on_field(row["name"], row["model"], int(row["dim"]), int(row["next_slot"]))
                 pairs = np.fromiter(itertools.chain.from_iterable(
                     db.execute("SELECT doc, slot FROM vectors WHERE field=?", (row["name"],))), dtype=np.int64)
                 fields.append((row["name"], row["model"], int(row["dim"]), int(row["next_slot"]), pairs.reshape(-1, 2)))

@@ -139,18 +139,30 @@ class VectorIndex:
                 self.graph.extend(rows, self.next_slot)
 
     # ---- opening ------------------------------------------------------------------------------------------
-    def verify(self, old: VectorIndex | None, *, readonly: bool) -> list[str]:
-        """Check the rows not verified yet (all at open; a reader's reload only the new ones) and set the norms
-        from the data; returns the problems (garbled rows that documents use, a truncated file). A norm file that
-        disagrees with the rows is derived data: corrected, on disk too when writing."""
+    def check_rows(self, old: VectorIndex | None) -> tuple[int, tuple[np.ndarray, np.ndarray, int] | list[str]]:
+        """Check the rows not verified yet (all at open; a reader's reload only those after ``old``'s): (the first
+        row checked, then their norms from the data, the slots failing their checksum and how many rows had one;
+        or the problems of a truncated file). File work only, so it runs while the document maps load."""
         start = 0
         if old is not None and old.info == self.info and old.verified <= self.next_slot:
             start = old.verified
-            self.inv_norms = old.inv_norms[:start]
         try:
-            norms, bad, covered = self.vectors.verify(start)
+            return start, self.vectors.verify(start)
         except CollectionDamagedError as exc:
-            return [f"field {self.info.name}: {p}" for p in exc.problems]
+            return start, [f"field {self.info.name}: {p}" for p in exc.problems]
+
+    def verify(self, old: VectorIndex | None, *, readonly: bool,
+               checked: tuple[int, tuple[np.ndarray, np.ndarray, int] | list[str]] | None = None) -> list[str]:
+        """Take :meth:`check_rows`'s answer (``checked``, or it is computed now) once the maps are set: sets the
+        norms from the data; returns the problems (garbled rows that documents use, a truncated file). A norm
+        file that disagrees with the rows is derived data: corrected, on disk too when writing."""
+        start, result = checked if checked is not None else self.check_rows(old)
+        if isinstance(result, list):
+            return result
+        norms, bad, covered = result
+        if start:
+            assert old is not None
+            self.inv_norms = old.inv_norms[:start]
         live_bad = [int(s) for s in bad if self.doc_of_slot[s] >= 0]
         if live_bad:
             return [f"field {self.info.name}: {len(live_bad)} vector rows fail their checksum in "
