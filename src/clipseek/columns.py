@@ -69,7 +69,8 @@ class Columns:
         return self._table is not None
 
     def matching(self, conn: sqlite3.Connection, name: str, op: str, value: int | float) -> np.ndarray | None:
-        """The sorted ids of the documents whose ``name`` ``op`` ``value``; None while not warm (ask SQLite)."""
+        """The documents whose ``name`` ``op`` ``value``, as a bool mask by document id; None while not warm (ask
+        SQLite)."""
         table = self._table
         if table is None:
             self._uses += 1
@@ -81,7 +82,7 @@ class Columns:
         values, present = table.values[name], table.present[name]
         hit = OPS[op](values, value)
         hit &= present
-        return np.flatnonzero(hit)
+        return hit
 
     def _build(self, conn: sqlite3.Connection) -> _Table | None:
         with self._lock:

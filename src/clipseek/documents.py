@@ -222,8 +222,9 @@ class DocumentStore:
     MATCHED_KEPT = 64  # predicates whose documents are kept (all dropped when full; 0: none kept)
 
     def matching(self, p: yql.Predicate) -> np.ndarray:
-        """The sorted ids of the documents a predicate matches (a read-only array: kept for the next search with
-        the same predicate until the documents change)."""
+        """The documents a predicate matches, as sorted ids or (a range over the in-memory columns) a bool mask by
+        document id (:mod:`clipseek.matching`'s document sets); a read-only array, kept for the next search with
+        the same predicate until the documents change."""
         key = (p.field, p.op, repr(p.value))
         changes = self._changes  # read before evaluating: a change meanwhile makes this entry stale, never wrong
         kept = self._matched.get(key)

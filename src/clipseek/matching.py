@@ -9,7 +9,9 @@ predicates. The rules, Vespa's:
 - A document's relevance is the largest closeness any ``nearestNeighbor`` (or only the one whose label or field is
   the rank field) gave it, 0 for documents matched by predicates alone; ties are broken by document id.
 
-Document sets are sorted numpy arrays of internal document ids; ``None`` stands for every document.
+A document set is a numpy array: sorted internal document ids, or a bool mask indexed by document id (what a
+range predicate over the in-memory columns gives: and-ing, or-ing and handing it to a vector field are then
+passes over arrays, with no list of ids made). ``None`` stands for every document.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ class Matcher:
 
     def match(self, node: yql.Node, tensors: Mapping[str, Any]) -> Matches:
         out = Matches(None)
-        out.docs = self._match(node, None, tensors, out)
+        docs = self._match(node, None, tensors, out)
+        out.docs = None if docs is None else as_ids(docs)
         return out
 
     def _match(self, node: yql.Node, allowed: np.ndarray | None, tensors: Mapping[str, Any], out: Matches
@@ -64,7 +67,7 @@ class Matcher:
             return allowed if node.value else np.zeros(0, np.int64)
         if isinstance(node, yql.Predicate):
             docs = self._predicate(node)
-            return docs if allowed is None else np.intersect1d(docs, allowed, assume_unique=True)
+            return docs if allowed is None else both(docs, allowed)
         if isinstance(node, yql.NearestNeighbor):
             found = self._nearest(node, tensors, allowed)
             docs, rel, cos = found.docs, found.closeness, found.cosine
@@ -87,7 +90,39 @@ class Matcher:
         parts = [self._match(child, allowed, tensors, out) for child in node.children]
         if any(p is None for p in parts):
             return allowed
-        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)  # type: ignore[arg-type]
+        return either([p for p in parts if p is not None])
+
+
+def as_ids(docs: np.ndarray) -> np.ndarray:
+    """A document set as sorted ids."""
+    return np.flatnonzero(docs) if docs.dtype == bool else docs
+
+
+def both(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The documents in both sets."""
+    if a.dtype == bool and b.dtype == bool:
+        n = min(len(a), len(b))
+        common: np.ndarray = a[:n] & b[:n]
+        return common
+    if a.dtype == bool:
+        a, b = b, a
+    if b.dtype == bool:  # ids and a mask: the ids the mask holds
+        inside = a[a < len(b)]
+        held: np.ndarray = inside[b[inside]]
+        return held
+    return np.intersect1d(a, b, assume_unique=True)
+
+
+def either(parts: list[np.ndarray]) -> np.ndarray:
+    """The documents in any of the sets."""
+    if not parts:
+        return np.zeros(0, np.int64)
+    if all(p.dtype == bool for p in parts):
+        out = np.zeros(max(len(p) for p in parts), bool)
+        for p in parts:
+            out[: len(p)] |= p
+        return out
+    return np.unique(np.concatenate([as_ids(p) for p in parts]))
 
 
 def _merge(a: Scores, b: Scores) -> Scores:

@@ -56,6 +56,30 @@ class Neighbors:
     plan: str  # "exact" or "hnsw"
 
 
+class SlotFilter:
+    """A filter in slot space: which slots pass (live ones of allowed documents), as a mask; the slots and the
+    graph walk's bitmap are made from it when first needed, then kept with it."""
+
+    def __init__(self, mask: np.ndarray) -> None:
+        self.mask = mask
+        self.count = int(np.count_nonzero(mask))
+        self._slots: np.ndarray | None = None
+        self._bitmap: tuple[int, np.ndarray] | None = None
+
+    def slots(self) -> np.ndarray:
+        if self._slots is None:
+            self._slots = np.flatnonzero(self.mask)
+        return self._slots
+
+    def bitmap(self, rows: int) -> np.ndarray:
+        """The first ``rows`` slots' bits for the graph's selector (``np.packbits``, little bit order)."""
+        kept = self._bitmap
+        if kept is None or kept[0] != rows:
+            kept = (rows, np.packbits(self.mask[:rows], bitorder="little"))
+            self._bitmap = kept
+        return kept[1]
+
+
 def inverse(norms: np.ndarray) -> np.ndarray:
     """1 / norm, and 0 for a zero row (whose cosine with anything is then 0)."""
     out = np.zeros(len(norms), np.float32)
@@ -77,9 +101,8 @@ class VectorIndex:
         self.graph: AnnIndex | None = None
         self.verified = 0  # rows whose checksum was checked (and whose norms were computed) from the data
         self._live: tuple[int, int, np.ndarray | None] = (-1, -1, None)  # (version, rows, bitmap)
-        # the last filter's slots and graph bitmap, by the identity of its (read-only, kept) document ids
-        self._filter: tuple[np.ndarray, int, int, np.ndarray] | None = None  # (ids, version, rows, slots)
-        self._filter_bitmap: tuple[np.ndarray, int, np.ndarray] | None = None  # (slots, graph rows, bitmap)
+        # the last filter in slot space, by the identity of its (read-only, kept) document set
+        self._filter: tuple[np.ndarray, int, int, SlotFilter] | None = None  # (documents, version, rows, filter)
         self.version = 0  # bumped whenever a slot dies (doc_of_slot changes in place)
         self._build_lock = threading.Lock()
         self.live = 0  # live slots: documents with a vector in this field
@@ -224,24 +247,33 @@ class VectorIndex:
         slots: np.ndarray = table[docs]
         return slots[(slots >= 0) & (slots < rows)]
 
-    def _filter_slots(self, allowed: np.ndarray, rows: int) -> np.ndarray:
-        """:meth:`slots_of` the filter's documents, the same answer again while neither the ids (a kept array
-        from the document store, which every write replaces) nor the slots changed."""
+    def slot_filter(self, allowed: np.ndarray, rows: int) -> SlotFilter:
+        """The live slots (below ``rows``) of the documents ``allowed`` holds (sorted ids, or a mask by document
+        id); the same answer again while neither the set (a kept, read-only one) nor the slots changed."""
         kept = self._filter
         if kept is not None and kept[0] is allowed and kept[1] == self.version and kept[2] == rows:
             return kept[3]
-        slots = self.slots_of(allowed, rows)
-        if not allowed.flags.writeable:  # only a kept array can come again
-            self._filter = (allowed, self.version, rows, slots)
-        return slots
+        doc_of_slot = self.doc_of_slot[:rows]
+        if allowed.dtype == bool:  # a mask: one pass in slot order, no list of ids
+            by_doc = np.zeros(len(self.slot_of_doc) + 1, bool)  # the last entry answers a dead slot's -1
+            n = min(len(allowed), len(by_doc) - 1)
+            by_doc[:n] = allowed[:n]
+            mask = np.take(by_doc, doc_of_slot)
+        else:
+            mask = np.zeros(rows, bool)
+            mask[self.slots_of(allowed, rows)] = True
+        found = SlotFilter(mask)
+        if not allowed.flags.writeable:  # only a kept set can come again
+            self._filter = (allowed, self.version, rows, found)
+        return found
 
     def nearest(self, q: np.ndarray, k: int, *, explore: int = 0, approximate: bool | None = None,
                 allowed: np.ndarray | None = None, exact_threshold: int = 4096) -> Neighbors:
         """The ``k`` nearest live documents (of ``allowed``, document ids, when given), best first."""
         doc_of_slot = self.doc_of_slot  # one consistent snapshot for this search
         rows = len(doc_of_slot)
-        filtered = None if allowed is None else self._filter_slots(allowed, rows)
-        n_candidates = self.live if filtered is None else len(filtered)
+        filtered = None if allowed is None else self.slot_filter(allowed, rows)
+        n_candidates = self.live if filtered is None else filtered.count
         exact = (approximate is False or n_candidates <= max(exact_threshold, k)
                  or (filtered is not None and n_candidates < APPROXIMATE_THRESHOLD * self.live))
         if exact:
@@ -253,7 +285,7 @@ class VectorIndex:
                 if len(slots) < rows:
                     cos = cos[live]
             else:
-                slots = filtered
+                slots = filtered.slots()
                 cos = self.cosines(q, slots)
         else:
             plan = "hnsw"
@@ -292,7 +324,7 @@ class VectorIndex:
                 self.graph = graph
             return self.graph
 
-    def _beam(self, doc_of_slot: np.ndarray, q: np.ndarray, k: int, explore: int, filtered: np.ndarray | None,
+    def _beam(self, doc_of_slot: np.ndarray, q: np.ndarray, k: int, explore: int, filtered: SlotFilter | None,
               n_candidates: int) -> np.ndarray:
         """The beam's candidate slots: live ones, and of ``filtered`` (the filter's slots) when given."""
         graph = self._graph()
@@ -300,7 +332,7 @@ class VectorIndex:
         if filtered is None:
             allow = self.live_bitmap(rows)
         else:  # the filter's live slots: the graph is walked through the others, which are never returned
-            allow = self._bitmap(filtered, rows)
+            allow = filtered.bitmap(rows)
         ef = k + explore
         want = min(ef, n_candidates)  # as Vespa: a whole beam of candidates that pass (live, in the filter)
         share = max(n_candidates, 1) / rows
@@ -311,19 +343,8 @@ class VectorIndex:
             if len(keys) >= want:
                 return keys
             if walk >= rows:  # the graph cannot reach them all: every candidate, scored exactly
-                return np.flatnonzero(doc_of_slot >= 0) if filtered is None else filtered
+                return np.flatnonzero(doc_of_slot >= 0) if filtered is None else filtered.slots()
             walk = min(rows, 2 * walk)  # the walk found too few that pass: widen its view
-
-    def _bitmap(self, slots: np.ndarray, rows: int) -> np.ndarray:
-        """Bitmap of ``slots`` (those below ``rows``) for the graph's selector; the last one is kept."""
-        kept = self._filter_bitmap
-        if kept is not None and kept[0] is slots and kept[1] == rows:
-            return kept[2]
-        mask = np.zeros(rows, dtype=bool)
-        mask[slots[slots < rows]] = True
-        bitmap = np.packbits(mask, bitorder="little")
-        self._filter_bitmap = (slots, rows, bitmap)
-        return bitmap
 
     def live_bitmap(self, rows: int) -> np.ndarray | None:
         """Bitmap of the live slots among the first ``rows`` (for the graph's selector); None when all live."""

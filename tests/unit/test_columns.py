@@ -4,6 +4,7 @@ import numpy as np
 
 from clipseek import yql
 from clipseek.collection import Collection, Document, Filter
+from clipseek.matching import as_ids
 
 OPS = ["=", "<", ">", "<=", ">="]
 
@@ -21,7 +22,7 @@ def docs(rng, n, start=0):
 
 
 def answers(coll, predicates):
-    return [coll.store.matching(p).tolist() for p in predicates]
+    return [as_ids(coll.store.matching(p)).tolist() for p in predicates]
 
 
 def test_columns_answer_as_sqlite_does(tmp_path):
@@ -62,3 +63,64 @@ def test_a_filtered_search_reads_the_columns(tmp_path):
         c.store.columns.WARM_AFTER = 0
         after = [h.docid for h in c.search(q, field="f_image", hits=20, filter=Filter(min_width=20)).hits]
         assert c.store.columns.in_memory and after == before and len(after) == 20
+
+
+FILTERS = ["width >= 20", "width < 3", "width >= 10 and taken < 12", "width < 5 or lat > 0.5",
+           "(width >= 45 or size = 4611686018427387904) and lat < 0",
+           'width >= 10 and documentid contains "d302"', 'width < 3 or documentid contains "d7"',
+           'width >= 10 and documentid contains "d300"']  # SQLite's ids with a mask; d300's width is 2: none
+
+
+def brute_force(coll, q, keep, k):
+    """The k nearest documents passing ``keep``, by numpy over every document's attributes and vector."""
+    scored = []
+    for d in coll.iter_documents():
+        if keep(d):
+            v = d.vectors["f_image"]
+            scored.append((-float(v @ q) / float(np.linalg.norm(v) * np.linalg.norm(q)), d.docid))
+    return [docid for _, docid in sorted(scored)[:k]]
+
+
+def test_filters_as_column_masks_find_what_id_lists_and_brute_force_find(tmp_path):
+    rng = np.random.default_rng(9)
+    with Collection.create(tmp_path / "c", exact_threshold=0) as c:
+        c.add_field("f_image", "m", 4)
+        c.feed(docs(rng, 400))
+        c.store.MATCHED_KEPT = 0
+        c.store.columns.WARM_AFTER = 0
+        c.search(yql_query="select * from sources * where width > 0")  # the columns are built
+        assert c.store.columns.in_memory
+        c.feed(docs(rng, 100, start=400))  # ids past the columns' first end
+        for i in range(0, 150, 4):
+            c.remove(f"d{i}")  # dead slots
+        for i in range(1, 150, 5):  # a new vector: the old slot dies, the document moves to a new one
+            c.update(f"d{i}", vectors={"f_image": rng.standard_normal(4).astype(np.float32)})
+        c.update("d300", attributes={"width": 2})
+
+        def search(where, q, **kw):
+            yql_text = ("select * from sources * where {targetHits:10, approximate:%s}nearestNeighbor(f_image, q)"
+                        " and (%s)" % ("false" if kw.get("exact") else "true", where))
+            return [h.docid for h in c.search(yql_query=yql_text, query_tensors={"q": q}, hits=10).hits]
+
+        keeps = {
+            FILTERS[0]: lambda d: d.width is not None and d.width >= 20,
+            FILTERS[1]: lambda d: d.width is not None and d.width < 3,
+            FILTERS[2]: lambda d: d.width is not None and d.width >= 10 and d.taken is not None and d.taken < 12,
+            FILTERS[3]: lambda d: (d.width is not None and d.width < 5) or (d.lat is not None and d.lat > 0.5),
+            FILTERS[4]: lambda d: ((d.width is not None and d.width >= 45) or d.size == 2**62)
+            and d.lat is not None and d.lat < 0,
+            FILTERS[5]: lambda d: d.width is not None and d.width >= 10 and d.docid == "d302",
+            FILTERS[6]: lambda d: (d.width is not None and d.width < 3) or d.docid == "d7",
+            FILTERS[7]: lambda d: False,
+        }
+        for where in FILTERS:
+            for q in rng.standard_normal((3, 4)):
+                warm_hnsw, warm_exact = search(where, q), search(where, q, exact=True)
+                assert c.store.matching(yql.Predicate("width", "<", 3)).dtype == bool  # a mask from the columns
+                c.store.columns.reset()
+                c.store.columns.WARM_AFTER = 10**9  # the same searches by SQLite's id lists
+                cold_hnsw, cold_exact = search(where, q), search(where, q, exact=True)
+                c.store.columns.WARM_AFTER = 0
+                assert warm_exact == cold_exact == brute_force(c, q, keeps[where], 10), where
+                assert warm_hnsw == cold_hnsw, where
+                assert len(set(warm_hnsw) & set(warm_exact)) >= min(9, len(warm_exact)), where  # HNSW finds them
