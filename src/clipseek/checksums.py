@@ -108,7 +108,7 @@ def bad_rows(rows: np.ndarray, stored: np.ndarray, on_block: Callable[[int, int]
     workers = min(os.cpu_count() or 1, len(expected))
     if workers > 1:
         with ThreadPoolExecutor(workers) as pool:
-            sound = list(pool.map(check, blocks, chunksize=max(1, len(expected) // (8 * workers))))
+            sound = list(pool.map(check, blocks))
     else:
         sound = [check(b) for b in blocks]
     found = [np.zeros(0, np.int64)]

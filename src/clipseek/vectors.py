@@ -269,7 +269,8 @@ class VectorIndex:
 
     def nearest(self, q: np.ndarray, k: int, *, explore: int = 0, approximate: bool | None = None,
                 allowed: np.ndarray | None = None, exact_threshold: int = 4096) -> Neighbors:
-        """The ``k`` nearest live documents (of ``allowed``, document ids, when given), best first."""
+        """The ``k`` nearest live documents (of ``allowed`` when given: a document set of :mod:`clipseek.matching`,
+        sorted ids or a mask by document id), best first."""
         doc_of_slot = self.doc_of_slot  # one consistent snapshot for this search
         rows = len(doc_of_slot)
         filtered = None if allowed is None else self.slot_filter(allowed, rows)
