@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import itertools
 import json
 import math
 import sqlite3
@@ -27,7 +26,7 @@ import numpy as np
 from . import schema, store, yql
 from . import selection as doc_selection
 from .columns import OPS, Columns
-from .errors import DiskFullError, FieldError, QueryError
+from .errors import CollectionDamagedError, DiskFullError, FieldError, QueryError
 from .lexing import INT64
 from .summaries import SUMMARY_FIELDS, Summaries, Summary
 
@@ -100,8 +99,16 @@ class DocumentStore:
             for row in db.execute("SELECT name, model, dim, next_slot FROM vector_fields").fetchall():
                 if on_field is not None:
                     on_field(row["name"], row["model"], int(row["dim"]), int(row["next_slot"]))
-                pairs = np.fromiter(itertools.chain.from_iterable(
-                    db.execute("SELECT doc, slot FROM vectors WHERE field=?", (row["name"],))), dtype=np.int64)
+                # as one text made by SQLite and parsed by numpy: a million rows as Python tuples took ~1.5x as long
+                n, text = db.execute("SELECT count(*), group_concat(doc || ',' || slot, ',') FROM vectors "
+                                     "WHERE field=?", (row["name"],)).fetchone()
+                try:  # a value that is not a whole number stops the parse early, or fails it
+                    pairs = np.fromstring(text, dtype=np.int64, sep=",") if text else np.zeros(0, np.int64)
+                except ValueError:
+                    pairs = np.zeros(1, np.int64)
+                if len(pairs) != 2 * n:
+                    raise CollectionDamagedError(self.path, [
+                        f"field {row['name']}: the vectors table holds values that are not slot numbers"])
                 fields.append((row["name"], row["model"], int(row["dim"]), int(row["next_slot"]), pairs.reshape(-1, 2)))
         finally:
             db.execute("COMMIT")

@@ -80,6 +80,14 @@ def test_a_garbled_dead_row_is_harmless(made):
     assert check(folder).problems == []
 
 
+def test_a_slot_that_is_not_a_number_is_reported_at_open(made):
+    folder, _ = made
+    with sqlite3.connect(folder / "collection.sqlite") as db:
+        db.execute("UPDATE vectors SET slot = '12x' WHERE doc = (SELECT min(doc) FROM vectors)")
+    with pytest.raises(CollectionDamagedError, match="tiny_image: the vectors table holds values that are not slot"):
+        Collection.open(folder, readonly=True)
+
+
 def test_a_truncated_vector_file_is_reported_not_padded_with_zeros(made):
     folder, vecs = made
     f32 = folder / "vectors" / "tiny_image.f32"
