@@ -175,11 +175,11 @@ class VectorIndex:
             return start, [f"field {self.info.name}: {p}" for p in exc.problems]
 
     def verify(self, old: VectorIndex | None, *, readonly: bool,
-               checked: tuple[int, tuple[np.ndarray, np.ndarray, int] | list[str]] | None = None) -> list[str]:
-        """Take :meth:`check_rows`'s answer (``checked``, or it is computed now) once the maps are set: sets the
-        norms from the data; returns the problems (garbled rows that documents use, a truncated file). A norm
-        file that disagrees with the rows is derived data: corrected, on disk too when writing."""
-        start, result = checked if checked is not None else self.check_rows(old)
+               checked: tuple[int, tuple[np.ndarray, np.ndarray, int] | list[str]]) -> list[str]:
+        """Take :meth:`check_rows`'s answer once the maps are set: sets the norms from the data; returns the
+        problems (garbled rows that documents use, a truncated file). A norm file that disagrees with the rows is
+        derived data: corrected, on disk too when writing."""
+        start, result = checked
         if isinstance(result, list):
             return result
         norms, bad, covered = result
