@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from ..conftest import need_module
 from ..serving import env_for, running_server
 
 need_module("pyarrow")
-ray = need_module("ray")
+need_module("ray")
 need_module("ray.data")
 
 N_GOOD = 48
@@ -50,14 +51,45 @@ def gallery(tmp_path_factory) -> Path:
     return root
 
 
+# The cluster's head runs in a process of its own, never in pytest's: a driver leaves Ray's native threads (gRPC,
+# its GCS client) running after ray.shutdown() and replaces the SIGSEGV handler, so a later native crash anywhere in
+# the suite would kill the run without faulthandler's traceback.
+HEAD = """
+import sys, ray
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+print(ray.get_runtime_context().gcs_address, flush=True)
+sys.stdin.read()  # until the test run closes it
+ray.shutdown()
+"""
+
+
 @pytest.fixture(scope="module")
-def cluster():
-    """A real Ray cluster on this machine, started once; `clipseek embed --ray ADDRESS` drivers join it."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
+def cluster(tmp_path_factory):
+    """A real Ray cluster on this machine, started once; `clipseek embed --ray ADDRESS` drivers join it.
+
+    It uses Ray's token authentication, as a new local cluster does, with a token of its own that the drivers get
+    from the environment (so nothing is written to ~/.ray)."""
+    log = tmp_path_factory.mktemp("ray-head") / "head.log"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_AUTH_MODE", "token")
+        env.setenv("RAY_AUTH_TOKEN", secrets.token_hex(16))
+        with open(log, "w") as err:
+            head = subprocess.Popen([sys.executable, "-c", HEAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=err, text=True)
+        assert head.stdin is not None and head.stdout is not None
+        try:
+            address = head.stdout.readline().strip()
+            if not address:
+                head.wait(60)
+                pytest.fail(f"the Ray head did not start (exit {head.returncode}): {log.read_text()[-3000:]}")
+            yield address
+        finally:
+            head.stdin.close()
+            try:
+                head.wait(120)
+            except subprocess.TimeoutExpired:
+                head.kill()
+                head.wait()
 
 
 def cli(*args: str) -> str:
