@@ -8,6 +8,7 @@ vector file shorter than its slots     documents on the missing rows lose that f
                                        next ``clipseek index``); the field's slot count shrinks to the file
 rows failing their CRC-32              documents on those rows lose that field's vector, likewise
 documents pointing past the rows       their vector entries are dropped, likewise
+a slot that is not a number            likewise
 norm file disagreeing with the rows    rewritten from the rows (derived)
 checksums missing (older clipseek)     computed from the rows as they are (derived)
 graph snapshot damaged                 deleted; the graph is rebuilt from the vectors on the next open (derived)
@@ -92,7 +93,12 @@ def _problem(report: CheckReport, text: str, fixed: bool) -> None:
 def _check_field(folder: Path, db: sqlite3.Connection, report: CheckReport, repair: bool, name: str, dim: int,
                  next_slot: int) -> None:
     vectors = store.VectorFile(folder / "vectors" / f"{name}.f32", dim, next_slot)
-    live = {int(slot): int(doc) for doc, slot in db.execute("SELECT doc, slot FROM vectors WHERE field=?", (name,))}
+    entries = db.execute("SELECT doc, slot, typeof(slot) = 'integer' FROM vectors WHERE field=?", (name,)).fetchall()
+    live = {int(slot): int(doc) for doc, slot, whole in entries if whole}
+    garbled = [int(doc) for doc, _slot, whole in entries if not whole]  # text, a fraction: not a row of the file
+    if garbled:
+        _problem(report, f"field {name}: {len(garbled)} documents have a slot that is not a number in the vectors "
+                         "table (they lose this vector)", repair)
     lost: set[int] = set()
     beyond = [s for s in live if not 0 <= s < next_slot]
     if beyond:
@@ -131,8 +137,8 @@ def _check_field(folder: Path, db: sqlite3.Connection, report: CheckReport, repa
                 snapshot.unlink(missing_ok=True)
                 meta_path.unlink(missing_ok=True)
                 snapshot.with_suffix(".r4").unlink(missing_ok=True)
-    if lost:
-        docs = sorted({live[s] for s in lost})
+    if lost or garbled:
+        docs = sorted({live[s] for s in lost} | set(garbled))
         for doc in docs:
             row = db.execute("SELECT docid, path FROM documents WHERE id=?", (doc,)).fetchone()
             if row is not None:
@@ -141,6 +147,7 @@ def _check_field(folder: Path, db: sqlite3.Connection, report: CheckReport, repa
             db.execute("BEGIN IMMEDIATE")
             try:
                 db.executemany("DELETE FROM vectors WHERE field=? AND slot=?", [(name, s) for s in sorted(lost)])
+                db.executemany("DELETE FROM vectors WHERE field=? AND doc=?", [(name, d) for d in garbled])
                 if have < next_slot:
                     db.execute("UPDATE vector_fields SET next_slot=? WHERE name=?", (have, name))
                 db.execute("COMMIT")

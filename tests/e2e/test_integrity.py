@@ -80,12 +80,23 @@ def test_a_garbled_dead_row_is_harmless(made):
     assert check(folder).problems == []
 
 
-def test_a_slot_that_is_not_a_number_is_reported_at_open(made):
-    folder, _ = made
+def test_a_slot_that_is_not_a_number_is_reported_at_open_and_repaired_by_check(made, tmp_path):
+    folder, vecs = made
     with sqlite3.connect(folder / "collection.sqlite") as db:
-        db.execute("UPDATE vectors SET slot = '12x' WHERE doc = (SELECT min(doc) FROM vectors)")
+        db.execute("UPDATE vectors SET slot = '12x' WHERE doc = (SELECT id FROM documents WHERE docid = 'd5')")
     with pytest.raises(CollectionDamagedError, match="tiny_image: the vectors table holds values that are not slot"):
         Collection.open(folder, readonly=True)
+    result = run("check", "--collection", str(folder), "--json", env_base=tmp_path)  # what the error says to run
+    report = json.loads(result.stdout)
+    assert result.returncode == 1 and report["reindex"] == ["/p/5.jpg"], result.stderr
+    assert "slot that is not a number" in report["problems"][0]
+    result = run("check", "--collection", str(folder), "--repair", env_base=tmp_path)
+    assert result.returncode == 0 and "re-index: /p/5.jpg" in result.stdout, result.stderr
+    with Collection.open(folder, readonly=True) as c:
+        assert len(c) == 299 and "tiny_image" not in c.get("d5").vectors
+        assert np.array_equal(c.get("d6").vectors["tiny_image"], vecs[6])
+        assert c.search(vecs[6], field="tiny_image", hits=1).hits[0].docid == "d6"
+    assert check(folder).ok and check(folder).problems == []
 
 
 def test_a_truncated_vector_file_is_reported_not_padded_with_zeros(made):
