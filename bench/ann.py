@@ -8,7 +8,9 @@ clipseek document also has the summary field of Vespa's text-image sample app (i
 returns, and a ``width`` of ``j % 100`` that the filtered searches use. Both indexes use M=16 and construction
 effort 500. Searches run single-threaded over the same beam widths (clipseek: targetHits 10 +
 exploreAdditionalHits = the beam; faiss: efSearch), interleaved (best of 3 rounds). For each engine, the smallest
-beam reaching recall@10 ≥ 0.99 against exact float32 search is reported with its QPS.
+beam reaching recall@10 ≥ 0.99 against exact float32 search is reported with its QPS. Beside them, clipseek's graph
+walk alone (its snapshot loaded as a bare ``AnnIndex``: faiss's walk over the int8 codes, no re-scoring, no hits)
+shows how much of a query is the walk.
 
 Memory is measured, not added up: a fresh process per engine loads what a query needs (clipseek: the collection
 opened read-only, as ``clipseek serve`` opens it; faiss: its index file), runs the whole query sweep at that
@@ -39,6 +41,7 @@ from typing import Callable
 import numpy as np
 
 from clipseek.collection import Collection, Document, Filter
+from clipseek.hnsw import AnnIndex, HnswParams
 
 DIM = 512
 FIELD = "vit_b_32_image"
@@ -152,6 +155,16 @@ def main() -> None:
         build_fa = time.perf_counter() - t
         faiss.omp_set_num_threads(1)
 
+    # the graph walk alone, on the same snapshot the collection keeps: faiss's IndexHNSWSQ search over clipseek's
+    # int8 codes at the same beam, no re-scoring, no hits (documents were fed in order: slot j is document j)
+    coll.checkpoint()
+    walk = AnnIndex.load(folder / "ann", FIELD, DIM, HnswParams())
+    assert walk is not None and len(walk) == args.n
+
+    def sweep_walk(beam: int) -> list[list[int]]:
+        assert walk is not None
+        return [walk.search(q, 10, beam)[:10].tolist() for q in queries]
+
     def sweep_clipseek(beam: int) -> list[list[int]]:
         return [[int(h.docid) for h in coll.search(q, field=FIELD, hits=10, target_hits=10,
                                                    explore_additional_hits=beam - 10).hits] for q in queries]
@@ -163,7 +176,7 @@ def main() -> None:
 
     # Interleaved on a shared (noisy) machine: per beam, clipseek then faiss, ROUNDS times; best time of each.
     # The first round's results give recall (both engines are deterministic for a given beam).
-    sweeps = {"clipseek": sweep_clipseek, **({"faiss": sweep_faiss} if use_faiss else {})}
+    sweeps = {"clipseek": sweep_clipseek, "walk": sweep_walk, **({"faiss": sweep_faiss} if use_faiss else {})}
     best_s: dict[tuple[str, int], float] = {}
     recalls: dict[tuple[str, int], float] = {}
     for sweep in sweeps.values():  # untimed warm-up (page-table entries of mapped rows)
@@ -185,10 +198,14 @@ def main() -> None:
     print(f"{'engine':<34} {'setting':<22} {'recall@10':>9} {'QPS':>8}")
     for beam, rec, qps in table["clipseek"]:
         print(f"{'clipseek (faiss HNSW-SQ8 + rescore)':<34} {f'targetHits 10+{beam - 10}':<22} {rec:9.4f} {qps:8.0f}")
+    for beam, rec, qps in table["walk"]:
+        print(f"{'  its graph walk alone (int8 order)':<34} {f'beam {beam}':<22} {rec:9.4f} {qps:8.0f}")
     for ef, rec, qps in table.get("faiss", []):
         print(f"{'faiss IndexHNSWFlat f32':<34} {'efSearch ' + str(ef):<22} {rec:9.4f} {qps:8.0f}")
     c = best(table["clipseek"])
-    print(f"at recall >= 0.99: clipseek {c[2]:.0f} QPS (beam {c[0]}, recall {c[1]:.4f})", end="")
+    walk_qps = dict((b, q) for b, _, q in table["walk"])[c[0]]
+    print(f"at recall >= 0.99: clipseek {c[2]:.0f} QPS (beam {c[0]}, recall {c[1]:.4f}; its graph walk alone at that "
+          f"beam {walk_qps:.0f} QPS)", end="")
     if use_faiss:
         f = best(table["faiss"])
         print(f" vs faiss {f[2]:.0f} QPS (beam {f[0]}, recall {f[1]:.4f}): {c[2] / f[2]:.2f}x")
