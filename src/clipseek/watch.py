@@ -3,8 +3,11 @@
 A source of file events for the indexer, not a second indexer. Rules it keeps:
 
 * Events come from watchfiles (inotify on Linux, FSEvents on macOS, ReadDirectoryChangesW on Windows) on a
-  thread of their own, debounced into sets; the same thread starts before the first full pass, so nothing
-  written during that pass is missed.
+  thread of their own, debounced into sets. :meth:`FolderWatcher.start` returns once that thread's watch is in
+  place (its first batch, empty or not, has come), and the first full pass runs after it: a file written before
+  the watch is in place is found by the pass, one written after raises an event. (Returning as soon as the thread
+  started left a gap: a file written after the pass listed its folder but before the watch was set up, or before
+  the poller's first scan, was never indexed.)
 * A path goes to the indexer only once it has *settled*: its size and modification time unchanged for
   ``settle`` seconds (a file still being copied is not indexed half-written), or it is gone (deleted or moved
   away). A path that is gone waits for the others still settling, so the new name of a moved file reaches the
@@ -29,6 +32,7 @@ from .indexer import excluded
 NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre", "davfs",
                        "fuse.sshfs", "fuse.rclone", "fuse.s3fs", "fuse.gcsfuse", "fuse.glusterfs"}
 POLL_SECONDS = 2.0
+READY_WAIT = 60.0  # at most this long for the watch to be in place (a folder tree the poller scans first)
 MODIFIED = 2  # watchfiles.Change.modified
 GONE_WAIT = 10.0
 Say = Callable[[str], None]
@@ -85,28 +89,57 @@ class FolderWatcher:
     polling: bool = False
 
     def start(self) -> None:
-        """Start collecting events (before a first full pass: nothing written meanwhile is missed)."""
+        """Start collecting events and return once the watch is in place; run the first full pass after this,
+        so that nothing written meanwhile is missed."""
         why = "asked for (--poll)" if self.poll else needs_polling(self.roots)
         if why:
             self.say(f"watching by scanning every {POLL_SECONDS:g} s: {why}")
-        self._start_thread(polling=bool(why))
+        failed = self._start_thread(polling=bool(why))
+        if failed is not None:
+            if isinstance(failed, (OSError, RuntimeError)) and not self.polling:
+                self._fall_back(failed)
+            else:
+                raise failed
 
-    def _start_thread(self, polling: bool) -> None:
+    def _fall_back(self, failed: BaseException) -> None:
+        self.say(f"file events are not available ({failed}): watching by scanning every {POLL_SECONDS:g} s instead")
+        again = self._start_thread(polling=True)
+        if again is not None:
+            raise again
+
+    def _start_thread(self, polling: bool) -> BaseException | None:
+        """Start the thread and wait until its watch is in place; the error that stopped it setting one up, if any."""
         self.polling = polling
-        self._thread = threading.Thread(target=self._collect, name="clipseek-watch", daemon=True)
+        ready: queue.Queue[BaseException | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._collect, args=(ready,), name="clipseek-watch", daemon=True)
         self._thread.start()
+        try:
+            return ready.get(timeout=READY_WAIT)
+        except queue.Empty:  # still scanning a large tree: go on; its events still come
+            return None
 
-    def _collect(self) -> None:
+    def _collect(self, ready: queue.Queue[BaseException | None]) -> None:
         import watchfiles
 
+        started = False
         try:
             for changes in watchfiles.watch(
                     *self.roots, watch_filter=self._wanted, debounce=300, step=50, stop_event=self.stop,
                     rust_timeout=500, yield_on_timeout=True, force_polling=self.polling,
                     poll_delay_ms=int(POLL_SECONDS * 1000), raise_interrupt=False, ignore_permission_denied=True):
+                if not started:  # the first batch (empty after rust_timeout): the watch is in place
+                    started = True
+                    ready.put(None)
                 self._events.put({(int(change), path) for change, path in changes})
-        except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread, which decides
-            self._events.put(exc)
+        except BaseException as exc:  # noqa: BLE001 - handed to the thread that decides
+            if started:
+                self._events.put(exc)
+            else:
+                started = True
+                ready.put(exc)
+        finally:
+            if not started:  # stopped before the watch was in place
+                ready.put(None)
 
     def _wanted(self, _change: object, path: str) -> bool:
         raw = os.fsencode(path)
@@ -130,9 +163,7 @@ class FolderWatcher:
                 # the OS refused events: inotify's watch or instance limit ("Too many open files"), which
                 # watchfiles raises as OSError or as its WatchfilesRustInternalError (a RuntimeError)
                 if isinstance(item, (OSError, RuntimeError)) and not self.polling:
-                    self.say(f"file events are not available ({item}): watching by scanning every "
-                             f"{POLL_SECONDS:g} s instead")
-                    self._start_thread(polling=True)
+                    self._fall_back(item)
                     continue
                 raise item
             for change, path in item:
