@@ -50,3 +50,10 @@ def test_verify_gives_the_norms_of_every_row_and_the_damaged_slots(tmp_path):
     norms, bad, covered = f.verify(100)
     assert bad.tolist() == [600] and covered == 600
     assert np.allclose(np.delete(norms, 500), np.delete(np.linalg.norm(vectors[100:], axis=1), 500))
+
+
+@pytest.mark.parametrize("size", [0, 1, 16 * 1024 * 1024 + 3])
+def test_a_files_crc_is_zlibs_over_its_bytes_across_the_read_blocks(tmp_path, size):
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    (tmp_path / "f").write_bytes(data)
+    assert checksums.file_crc32(tmp_path / "f") == zlib.crc32(data)
