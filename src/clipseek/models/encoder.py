@@ -226,12 +226,20 @@ def _openvino_tower(path: Path, precision: str, threads: int) -> Any:
     if precision not in ("fp32", "bf16"):
         raise ModelError(f"OpenVINO runs fp32 or bf16 here, not {precision!r}: int8 runs in ONNX Runtime")
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-                              "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
-                              "CACHE_DIR": str(openvino_cache_dir(path, precision))}
+                              "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+    cache = openvino_cache_dir(path, precision)
+    try:  # a cache folder that cannot be written (another user's) costs a compile per start, not the model
+        cache.mkdir(parents=True, exist_ok=True)
+        if os.access(cache, os.W_OK | os.X_OK):
+            config["CACHE_DIR"] = str(cache)
+    except OSError:
+        pass
     try:
         compiled = ov.Core().compile_model(str(path), "CPU", config)
-    except RuntimeError as exc:
-        raise ModelError(f"OpenVINO could not compile {path} ({str(exc).strip().splitlines()[0]}): "
+    except RuntimeError as exc:  # OpenVINO's first line names its own source file; the reason comes after
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = next((line for line in lines if not line.startswith("Exception from")), lines[0] if lines else "")
+        raise ModelError(f"OpenVINO could not compile {path} ({reason}): "
                          "use --backend onnxruntime") from exc
     local = threading.local()
 
