@@ -85,6 +85,16 @@ def test_the_compiled_model_cache_is_keyed_by_the_files(isolated_dirs):
     assert dirs == sorted(f"{files[t][:24]}-fp32" for t in ("text.onnx", "image.onnx"))
 
 
+def test_a_cache_folder_that_cannot_be_made_costs_the_cache_not_the_model(tmp_path, monkeypatch):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")  # a folder cannot be made under a file, even by root
+    monkeypatch.setenv("CLIPSEEK_CACHE", str(blocked / "cache"))
+    ov = open_encoder(tiny_folder(), runtime=Runtime("openvino", "fp32"))
+    fp32 = open_encoder(tiny_folder(), runtime=Runtime("onnxruntime", "fp32"))
+    captions = ["a red circle", "two blue squares on grey"]
+    assert np.abs(ov.embed_texts(captions) - fp32.embed_texts(captions)).max() < 1e-4
+
+
 def test_bf16_read_from_the_cpu_flags_agrees_with_openvino():
     import openvino as ov
 
@@ -94,7 +104,11 @@ def test_bf16_read_from_the_cpu_flags_agrees_with_openvino():
 def test_bf16_where_the_cpu_has_it_and_a_clear_refusal_where_not():
     if cpu_has_bf16():
         assert choose(precision="bf16").backend == "openvino" and choose().precision == "bf16"
-        assert isinstance(load_model("tiny", precision="bf16"), OpenVinoEncoder)
+        encoder = load_model("tiny", precision="bf16")
+        assert {(r.backend, r.precision) for r in encoder.runtimes.values()} == {("openvino", "bf16")}
+        captions = ["a red circle", "two blue squares on grey"]
+        fp32 = load_model("tiny", backend="onnxruntime", precision="fp32")
+        assert np.sum(encoder.embed_texts(captions) * fp32.embed_texts(captions), axis=1).min() > 0.99
     else:
         with pytest.raises(ModelError, match="no bf16 instructions"):
             choose(precision="bf16")
