@@ -294,7 +294,10 @@ def finetune(data: Path | PairData, base: str, out: Path, config: FinetuneConfig
     from .models import load_model
     from .models.loader import resolve
 
-    base_encoder = load_model(base, threads=threads)
+    # fp32 in ONNX Runtime on every host: the image vectors it trains against, and the before/after figures, are
+    # then the same numbers on a CPU with bf16 (where load_model would choose OpenVINO bf16) as without, and the
+    # base is measured on the same runtime as the exported result
+    base_encoder = load_model(base, threads=threads, backend="onnxruntime", precision="fp32")
     base_folder = resolve(base)
     torch = _need_torch()
     if config.device == "cuda" and not torch.cuda.is_available():
