@@ -114,6 +114,16 @@ def test_bf16_where_the_cpu_has_it_and_a_clear_refusal_where_not():
             choose(precision="bf16")
 
 
+def test_bf16_is_refused_in_words_on_a_cpu_without_it_on_any_host(monkeypatch):
+    from clipseek.models import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)  # the one fact a host without bf16 differs in
+    with pytest.raises(ModelError, match="no bf16 instructions"):
+        choose(precision="bf16")
+    assert (choose().backend, choose().precision) == ("onnxruntime", "fp32")
+    assert (choose(backend="openvino").backend, choose(backend="openvino").precision) == ("openvino", "fp32")
+
+
 def test_the_automatic_choice_and_its_overrides(monkeypatch):
     want = ("openvino", "bf16") if cpu_has_bf16() else ("onnxruntime", "fp32")
     assert (choose().backend, choose().precision) == want
