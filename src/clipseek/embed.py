@@ -44,8 +44,11 @@ from .models.spec import ModelSpec, parse_ref
 from .shards import Row, ShardSet
 from .transforms import DEFAULT_MAX_PIXELS, open_image, preprocess
 
-#: A test hook: seconds to sleep before each encoder batch, so a test can kill a run part-way. Never set it else.
+#: Test hooks, never set them else: seconds to sleep before each encoder batch, and after each shard written, so a
+#: test can kill a run part-way (the second keeps apart shards that complete together, as they do when several
+#: encoder tasks end at once).
 DELAY_ENV = "CLIPSEEK_EMBED_TEST_DELAY"
+SHARD_DELAY_ENV = "CLIPSEEK_EMBED_TEST_SHARD_DELAY"
 LIST_SUFFIXES = (".txt", ".lst", ".parquet")
 _URL = re.compile(rb"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 RAY_INSTALL = "pip install 'clipseek[ray]'"
@@ -270,8 +273,8 @@ def prepare(raw: bytes, pre: Preprocess) -> tuple[Row, np.ndarray | None]:
     return row, pixels
 
 
-def _test_delay() -> None:
-    delay = float(os.environ.get(DELAY_ENV) or 0)
+def _test_delay(hook: str = DELAY_ENV) -> None:
+    delay = float(os.environ.get(hook) or 0)
     if delay:
         time.sleep(delay)
 
@@ -381,6 +384,7 @@ class _Collector:
                     self.report.failed.append((r.path, r.error))
                 else:
                     self.report.embedded += 1
+            _test_delay(SHARD_DELAY_ENV)
         self.update(self.done, self.total)
 
     def check_complete(self) -> None:

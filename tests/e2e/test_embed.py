@@ -19,7 +19,7 @@ from PIL import Image
 from clipseek import synth
 from clipseek.cli import main
 from clipseek.collection import Collection
-from clipseek.embed import DELAY_ENV, Preprocess, list_sources, prepare
+from clipseek.embed import DELAY_ENV, SHARD_DELAY_ENV, Preprocess, list_sources, prepare
 from clipseek.indexer import docid_for
 from clipseek.models import get_spec
 from clipseek.shards import ShardSet
@@ -259,7 +259,9 @@ def test_killed_worker_and_killed_driver_leave_every_image_exactly_once(gallery,
 
     # 2. the driver killed mid-run: the shards it wrote stay as they are; a re-run completes the rest
     out = tmp_path / "driver"
-    slower = {**slow, DELAY_ENV: "0.6"}  # a run of ~15 s: the kill lands mid-run even on a loaded machine
+    # a run of ~15 s, and 1.5 s after each shard written: the kill lands after the first shard and before the next,
+    # even when the encoder tasks end together (then every shard completes at once) or the machine is loaded
+    slower = {**slow, DELAY_ENV: "0.6", SHARD_DELAY_ENV: "1.5"}
     proc = subprocess.Popen([*args, "--out", str(out)], env=slower, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     _wait_for(lambda: len(list(out.glob("shard-*.parquet"))) >= 1, "a first shard", proc)
