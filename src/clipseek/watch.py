@@ -96,12 +96,14 @@ class FolderWatcher:
             self.say(f"watching by scanning every {POLL_SECONDS:g} s: {why}")
         failed = self._start_thread(polling=bool(why))
         if failed is not None:
-            if isinstance(failed, (OSError, RuntimeError)) and not self.polling:
-                self._fall_back(failed)
-            else:
-                raise failed
+            self._fall_back(failed)
 
     def _fall_back(self, failed: BaseException) -> None:
+        """Watch by polling after the OS refused events: inotify's watch or instance limit ("Too many open
+        files"), which watchfiles raises as OSError or as its WatchfilesRustInternalError (a RuntimeError).
+        Any other error, or one while polling already, is raised."""
+        if not isinstance(failed, (OSError, RuntimeError)) or self.polling:
+            raise failed
         self.say(f"file events are not available ({failed}): watching by scanning every {POLL_SECONDS:g} s instead")
         again = self._start_thread(polling=True)
         if again is not None:
@@ -160,12 +162,8 @@ class FolderWatcher:
             except queue.Empty:
                 item = set()
             if isinstance(item, BaseException):
-                # the OS refused events: inotify's watch or instance limit ("Too many open files"), which
-                # watchfiles raises as OSError or as its WatchfilesRustInternalError (a RuntimeError)
-                if isinstance(item, (OSError, RuntimeError)) and not self.polling:
-                    self._fall_back(item)
-                    continue
-                raise item
+                self._fall_back(item)  # or raises it
+                continue
             for change, path in item:
                 if change == MODIFIED and os.path.isdir(path):
                     continue  # its files raise their own events; a folder added or removed is walked whole
