@@ -6,11 +6,15 @@ Built, like the hit summaries (:mod:`clipseek.summaries`), once a collection obj
 predicates on numeric attributes, so one-off searches never pay for it; kept current by the writer (the rows it
 commits are re-read, removed documents dropped) and dropped when another process changes the documents. A
 column is an int64 or float64 array indexed by document id with a presence mask: a missing value (SQL NULL)
-matches no comparison, as in SQL. Integers are compared as integers, so 64-bit sizes stay exact.
+matches no comparison, as in SQL. Integers are compared as integers, so 64-bit sizes stay exact: a bound with a
+fraction is first made the whole number that passes the same integers (``width < 2.5`` is ``width < 3``), so
+the column is never converted to float64 (a million rows, an ad hoc check: 0.39 ms with the conversion, 0.13 ms
+without).
 """
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import threading
 from typing import Iterable
@@ -23,6 +27,21 @@ NUMERIC = tuple(a.name for a in ATTRIBUTES if a.numeric)
 _INTEGER = frozenset(a.name for a in ATTRIBUTES if a.python is int)
 _SELECT = f"SELECT id, {', '.join(NUMERIC)} FROM documents"
 OPS = {"=": np.equal, "<": np.less, ">": np.greater, "<=": np.less_equal, ">=": np.greater_equal}
+
+
+INT64_RANGE = (-(2**63), 2**63 - 1)
+
+
+def whole_bound(op: str, bound: float) -> int | float | None:
+    """A whole number that an integer compares with by ``op`` exactly as with ``bound``; None for ``=`` with a
+    fraction (no integer is equal); ``bound`` itself when it is not finite or past the int64 range."""
+    if not math.isfinite(bound):
+        return bound
+    low, high = math.floor(bound), math.ceil(bound)
+    if op == "=" and low != high:
+        return None
+    whole = high if op in ("<", ">=") else low  # x < 2.5 ⇔ x < 3, x >= 2.5 ⇔ x >= 3; x <= 2.5 ⇔ x <= 2, x > 2.5 ⇔ x > 2
+    return whole if INT64_RANGE[0] <= whole <= INT64_RANGE[1] else bound
 
 
 class _Table:
@@ -80,6 +99,11 @@ class Columns:
             if table is None:
                 return None
         values, present = table.values[name], table.present[name]
+        if name in _INTEGER and isinstance(value, float):
+            whole = whole_bound(op, value)
+            if whole is None:  # "=" with a fraction: no integer
+                return np.zeros(len(present), bool)
+            value = whole
         hit = OPS[op](values, value)
         hit &= present
         return hit

@@ -31,8 +31,9 @@ def test_columns_answer_as_sqlite_does(tmp_path):
         c.add_field("f_image", "m", 4)
         c.feed(docs(rng, 400))
         predicates = [yql.Predicate(name, op, value) for name, values in (
-            ("width", [0, 10, 25.5, 49, 60]), ("taken", [0.5, 7, 10.5, 19.5]),
-            ("size", [2**62, 2**62 + 1, 2**62 + 2]), ("lat", [-0.5, 0.0, 0.25])) for value in values for op in OPS]
+            ("width", [0, 10, 25.5, 49, 60, 10.0, -0.5, 1e30, -1e30]), ("taken", [0.5, 7, 10.5, 19.5]),
+            ("size", [2**62, 2**62 + 1, 2**62 + 2, float(2**62), float(2**62) + 1024.0]),
+            ("lat", [-0.5, 0.0, 0.25])) for value in values for op in OPS]
         c.store.MATCHED_KEPT = 0  # every call evaluates (the kept answers are tested in test_store)
         c.store.columns.WARM_AFTER = 10**9
         from_sqlite = answers(c, predicates)
@@ -124,3 +125,4 @@ def test_filters_as_column_masks_find_what_id_lists_and_brute_force_find(tmp_pat
                 assert warm_exact == cold_exact == brute_force(c, q, keeps[where], 10), where
                 assert warm_hnsw == cold_hnsw, where
                 assert len(set(warm_hnsw) & set(warm_exact)) >= min(9, len(warm_exact)), where  # HNSW finds them
+
