@@ -104,6 +104,8 @@ class VectorIndex:
         # the last filter in slot space, by the identity of its (read-only, kept) document set
         self._filter: tuple[np.ndarray, int, int, SlotFilter] | None = None  # (documents, version, rows, filter)
         self.version = 0  # bumped whenever a slot dies (doc_of_slot changes in place)
+        # whether slot s holds document d + s: (doc_of_slot then, version, rows, d or None)
+        self._order: tuple[np.ndarray, int, int, int | None] | None = None
         self._build_lock = threading.Lock()
         self.live = 0  # live slots: documents with a vector in this field
 
@@ -253,12 +255,19 @@ class VectorIndex:
         kept = self._filter
         if kept is not None and kept[0] is allowed and kept[1] == self.version and kept[2] == rows:
             return kept[3]
-        doc_of_slot = self.doc_of_slot[:rows]
+        snapshot = self.doc_of_slot
+        doc_of_slot = snapshot[:rows]
         if allowed.dtype == bool:  # a mask: one pass in slot order, no list of ids
-            by_doc = np.zeros(len(self.slot_of_doc) + 1, bool)  # the last entry answers a dead slot's -1
-            n = min(len(allowed), len(by_doc) - 1)
-            by_doc[:n] = allowed[:n]
-            mask = np.take(by_doc, doc_of_slot)
+            first = self._in_order(snapshot, rows)
+            if first is not None:  # slot s holds document first + s: the mask's own run of entries, as it is
+                mask = allowed[first: first + rows]
+                if len(mask) < rows:  # documents past the mask's end are not allowed
+                    mask = np.concatenate([mask, np.zeros(rows - len(mask), bool)])
+            else:
+                by_doc = np.zeros(len(self.slot_of_doc) + 1, bool)  # the last entry answers a dead slot's -1
+                n = min(len(allowed), len(by_doc) - 1)
+                by_doc[:n] = allowed[:n]
+                mask = np.take(by_doc, doc_of_slot)
         else:
             mask = np.zeros(rows, bool)
             mask[self.slots_of(allowed, rows)] = True
@@ -266,6 +275,20 @@ class VectorIndex:
         if not allowed.flags.writeable:  # only a kept set can come again
             self._filter = (allowed, self.version, rows, found)
         return found
+
+    def _in_order(self, snapshot: np.ndarray, rows: int) -> int | None:
+        """``d`` when slot ``s`` holds document ``d + s`` for each of the first ``rows`` slots of this snapshot of
+        ``doc_of_slot`` (documents fed once, in order, none removed: a fresh collection), else None; checked once
+        per snapshot and kept."""
+        version = self.version
+        kept = self._order
+        if kept is not None and kept[0] is snapshot and kept[1] == version and kept[2] == rows:
+            return kept[3]
+        start = int(snapshot[0]) if rows else 0
+        in_order = start >= 0 and np.array_equal(snapshot[:rows], np.arange(start, start + rows))
+        first = start if in_order else None
+        self._order = (snapshot, version, rows, first)
+        return first
 
     def nearest(self, q: np.ndarray, k: int, *, explore: int = 0, approximate: bool | None = None,
                 allowed: np.ndarray | None = None, exact_threshold: int = 4096) -> Neighbors:

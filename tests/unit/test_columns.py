@@ -126,3 +126,29 @@ def test_filters_as_column_masks_find_what_id_lists_and_brute_force_find(tmp_pat
                 assert warm_hnsw == cold_hnsw, where
                 assert len(set(warm_hnsw) & set(warm_exact)) >= min(9, len(warm_exact)), where  # HNSW finds them
 
+
+def test_a_fresh_collections_filter_and_one_with_removed_documents_find_the_nearest_that_pass(tmp_path):
+    """Documents fed once and in order sit in slots in their own order, which a filter's mask uses as it is; once a
+    document is removed or moves to a new slot, the mask is mapped slot by slot. Both find what brute force finds."""
+    rng = np.random.default_rng(10)
+    with Collection.create(tmp_path / "c", exact_threshold=0) as c:
+        c.add_field("f_image", "m", 4)
+        c.feed(docs(rng, 250))
+        c.feed(docs(rng, 250, start=250))
+        c.store.columns.WARM_AFTER = 0
+
+        def check(bound):
+            for q in rng.standard_normal((4, 4)):
+                for exact in (True, False):
+                    result = c.search(q, field="f_image", hits=10, target_hits=10, approximate=not exact,
+                                      explore_additional_hits=90, filter=Filter(min_width=bound))
+                    found = [h.docid for h in result.hits]
+                    want = brute_force(c, q, lambda d: d.width is not None and d.width >= bound, 10)
+                    assert found == want if exact else len(set(found) & set(want)) >= 9, (bound, exact)
+
+        for bound in (40, 25.5):
+            check(bound)
+        c.remove("d3")
+        c.update("d9", vectors={"f_image": rng.standard_normal(4).astype(np.float32)})
+        for bound in (40, 26):
+            check(bound)
