@@ -228,8 +228,11 @@ class VectorIndex:
         if arr.shape[0] != self.info.dim:
             raise VectorError(f"query tensor has {arr.shape[0]} values but field {self.info.name} holds "
                               f"{self.info.dim}-dim vectors of model {self.info.model}")
-        if not np.isfinite(arr).all():
+        top = float(np.abs(arr).max())  # NaN and ±inf carry through
+        if not math.isfinite(top):
             raise VectorError("query tensor contains NaN or infinity")
+        if top and not 2.0**-40 < top < 2.0**40:  # its squares would leave float32's range: scaled by a power of
+            arr = np.ldexp(arr, -math.frexp(top)[1])  # two (exact), as the cosine does not depend on length
         return arr
 
     def cosines(self, q: np.ndarray, slots: np.ndarray | None = None, rows: int = 0) -> np.ndarray:

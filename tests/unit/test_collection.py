@@ -234,6 +234,13 @@ def test_bad_vectors_and_fields_are_typed_errors(coll):
         coll.feed([Document("x", vectors={"tiny_image": [float("nan")] * DIM})])
     with pytest.raises(VectorError, match="16-dim"):
         coll.search(np.ones(512), field="tiny_image")
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(VectorError, match="NaN or infinity"):
+            coll.search([1.0] * (DIM - 1) + [bad], field="tiny_image")
+    for scale in (2e37, 1e-30):  # finite, however large or small: the same hits, the same relevance
+        same = coll.search(np.arange(DIM) * scale, field="tiny_image").hits
+        assert [(h.docid, h.relevance) for h in same] == [
+            (h.docid, pytest.approx(h.relevance)) for h in coll.search(np.arange(DIM), field="tiny_image").hits]
     with pytest.raises(FieldError, match="tiny_image"):
         coll.search(np.ones(DIM), field="vit_b_32_image")
     with pytest.raises(VectorError, match="encoded with ViT-B/32"):
