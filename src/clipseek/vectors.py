@@ -334,9 +334,9 @@ class VectorIndex:
         ago by a concurrent write) from its float32 row."""
         graph = self.graph
         assert graph is not None
-        covered = slots < len(graph)
-        if covered.all():
+        if len(slots) == 0 or int(slots.max()) < len(graph):
             return graph.cosines(q, slots)
+        covered = slots < len(graph)
         cos = np.empty(len(slots), dtype=np.float32)
         cos[covered] = graph.cosines(q, slots[covered])
         cos[~covered] = self.cosines(q, slots[~covered])
