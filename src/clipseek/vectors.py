@@ -37,6 +37,7 @@ APPROXIMATE_THRESHOLD = 0.05  # Vespa's default approximate-threshold: below it,
 #: view is doubled (at 10 % of 50k × 512, an ad hoc check, recall@10 went from 0.971 to 0.988). Vespa decides its
 #: filtered strategies by the same hit ratio (its filter-first-threshold, 0 by default, turns on ACORN-1).
 FILTER_FIRST_THRESHOLD = 0.3
+GATHER_BYTES = 1 << 20  # scattered rows are scored this many bytes at a time
 
 
 @dataclass(frozen=True)
@@ -241,8 +242,16 @@ class VectorIndex:
         scale = np.float32(1.0 / math.sqrt(qq) if qq > 0 else 0.0)
         if slots is None:
             cos: np.ndarray = (self.vectors.array()[:rows] @ q) * self.inv_norms[:rows] * scale
-        else:
-            cos = (self.vectors.array()[slots] @ q) * self.inv_norms[slots] * scale
+            return cos
+        # scattered rows, gathered a cache-sized chunk at a time and scored while there, not copied whole into
+        # fresh memory first (200k × 512, exact search p50, an ad hoc check: a 1 % filter 1.3 -> 0.3 ms, 10 % 14 -> 6)
+        vectors = self.vectors.array()
+        cos = np.empty(len(slots), np.float32)
+        step = max(1, GATHER_BYTES // (4 * self.info.dim))
+        for start in range(0, len(slots), step):
+            np.dot(vectors[slots[start: start + step]], q, out=cos[start: start + step])
+        cos *= self.inv_norms[slots]
+        cos *= scale
         return cos
 
     def slots_of(self, docs: np.ndarray, rows: int) -> np.ndarray:
