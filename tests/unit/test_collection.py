@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 
+from clipseek import vectors
 from clipseek.collection import Collection, Document, Filter
 from clipseek.errors import (
     CollectionLockedError,
@@ -139,6 +140,22 @@ def test_filters_never_lose_hits(coll, threshold):
     assert len(res.hits) == 10
     assert [h.docid for h in res.hits] == expected or len(set(h.docid for h in res.hits) & set(expected)) >= 9
     assert all(keep(docs[int(h.docid[1:])]) for h in res.hits)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 10**6])
+def test_exact_filtered_search_scores_every_passing_row_whatever_the_chunks(coll, monkeypatch, chunk_rows):
+    """Exact search gathers a filter's scattered rows a chunk at a time: every chunk, the last one short, is
+    scored into its own place."""
+    monkeypatch.setattr(vectors, "GATHER_BYTES", 4 * DIM * chunk_rows)
+    docs = make_docs(300)
+    coll.feed(docs)
+    q = np.random.RandomState(5).randn(DIM)
+    for low in (0, 200, 299):
+        res = coll.search(q, field="tiny_image", hits=400, target_hits=400, approximate=False,
+                          filter=Filter(min_width=low))
+        expected = brute(docs, q, 400, lambda d, low=low: d.width >= low)
+        assert [h.docid for h in res.hits] == expected and res.plan == "exact"
+        assert [h.relevance for h in res.hits] == pytest.approx(sorted((h.relevance for h in res.hits), reverse=True))
 
 
 def test_graph_skips_dead_slots_and_tiny_filters_without_losing_hits(coll):
