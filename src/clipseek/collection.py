@@ -57,6 +57,7 @@ MAX_TARGET_HITS = 10_000
 MAX_OFFSET = 1000
 DEFAULT_TARGET_HITS = 100  # as the TextEmbeddingSearcher of Vespa's text-image sample app; a small beam costs recall
 MAX_ID_BYTES = 1024  # a document id's UTF-8 length (Vespa allows 64 KiB; ours name photos)
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # a stored vector's squared length must stay below it
 #: The Python type of each summary attribute (what a document may store there, checked before any write).
 ATTRIBUTE_TYPES: dict[str, type] = {a.name: a.python for a in schema.ATTRIBUTES}
 
@@ -354,6 +355,9 @@ class Collection:
                               f"(model {info.model}), got {arr.shape[0] if arr.ndim == 1 else arr.shape}")
         if not np.isfinite(arr).all():
             raise VectorError(f"document {docid!r}: field {fname} contains NaN or infinity")
+        if float(np.dot(arr.astype(np.float64), arr)) > FLOAT32_MAX:  # its length (squared) overflows float32
+            raise VectorError(f"document {docid!r}: field {fname} is too long to store (its largest value is "
+                              f"{float(np.abs(arr).max()):.3g}); scale it down: only its direction counts")
         return arr
 
     def feed(self, documents: Iterable[Document]) -> int:

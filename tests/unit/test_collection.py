@@ -249,6 +249,8 @@ def test_bad_vectors_and_fields_are_typed_errors(coll):
         coll.feed([Document("x", vectors={"tiny_image": np.ones(8)})])
     with pytest.raises(VectorError, match="NaN"):
         coll.feed([Document("x", vectors={"tiny_image": [float("nan")] * DIM})])
+    with pytest.raises(VectorError, match="'x': field tiny_image is too long to store .* scale it down"):
+        coll.feed([Document("x", vectors={"tiny_image": [2e37] * DIM})])  # finite, but its length is not
     with pytest.raises(VectorError, match="16-dim"):
         coll.search(np.ones(512), field="tiny_image")
     for bad in (float("nan"), float("inf"), -float("inf")):
