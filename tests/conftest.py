@@ -3,11 +3,18 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+# A test run started in the background from a script (``cmd &`` without job control, as under nohup) inherits
+# SIGINT ignored, and so would every command a test starts: the tests that press Ctrl-C on `clipseek index` would
+# wait for an interrupt that never comes. The run gets Python's Ctrl-C back; the commands it starts, the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
 FLICKR = Path(os.environ.get("CLIPSEEK_FLICKR8K", REPO.parent / "shared" / "data" / "flickr8k"))
