@@ -105,8 +105,9 @@ class VectorIndex:
         # the last filter in slot space, by the identity of its (read-only, kept) document set
         self._filter: tuple[np.ndarray, int, int, SlotFilter] | None = None  # (documents, version, rows, filter)
         self.version = 0  # bumped whenever a slot dies (doc_of_slot changes in place)
-        # whether slot s holds document d + s: (doc_of_slot then, version, rows, d or None)
-        self._order: tuple[np.ndarray, int, int, int | None] | None = None
+        # d when slot s holds document d + s for every slot (documents fed once, in order, none removed: a fresh
+        # collection), else None; kept as doc_of_slot changes. Set to None before doc_of_slot stops being in order.
+        self.first_doc: int | None = 0 if next_slot == 0 else None
         self._build_lock = threading.Lock()
         self.live = 0  # live slots: documents with a vector in this field
 
@@ -119,6 +120,10 @@ class VectorIndex:
     def map_slots(self, docs: np.ndarray, slots: np.ndarray) -> None:
         """Set the maps from the store's (document, slot) pairs, at open."""
         self.doc_of_slot[slots] = docs
+        rows = len(self.doc_of_slot)
+        start = int(self.doc_of_slot[0]) if rows else 0
+        in_order = start >= 0 and np.array_equal(self.doc_of_slot, np.arange(start, start + rows))
+        self.first_doc = start if in_order else None
         self.live = len(docs)
         self.slot_of_doc = np.full(int(docs.max()) + 1 if len(docs) else 0, -1, dtype=np.int64)
         self.slot_of_doc[docs] = slots
@@ -135,6 +140,7 @@ class VectorIndex:
 
     def kill(self, slots: np.ndarray) -> None:
         """Slots whose documents were removed or got another vector: never returned again."""
+        self.first_doc = None
         table = self.slot_of_doc
         for s, d in zip(slots.tolist(), self.doc_of_slot[slots].tolist()):
             if d >= 0:
@@ -150,9 +156,15 @@ class VectorIndex:
         self.inv_norms = np.concatenate([self.inv_norms[: slots[0]], inverse(norms)])
         self.vectors.commit(int(slots[-1]) + 1)
         self.verified = self.vectors.rows  # written by this process, checksummed as written
+        first = self.first_doc if len(self.doc_of_slot) else int(owners[0]) - int(slots[0])
+        if first is not None and not (first >= 0 and np.array_equal(owners, slots + first)):
+            first = None
+        if first is None:
+            self.first_doc = None  # before the new map, which a search may read with it
         doc_of_slot = np.concatenate([self.doc_of_slot, np.full(len(slots), -1, np.int64)])
         doc_of_slot[slots] = owners
         self.doc_of_slot = doc_of_slot
+        self.first_doc = first
         need = int(owners.max()) + 1
         table = self.slot_of_doc
         if need > len(table):
@@ -267,10 +279,9 @@ class VectorIndex:
         kept = self._filter
         if kept is not None and kept[0] is allowed and kept[1] == self.version and kept[2] == rows:
             return kept[3]
-        snapshot = self.doc_of_slot
-        doc_of_slot = snapshot[:rows]
+        doc_of_slot = self.doc_of_slot[:rows]
         if allowed.dtype == bool:  # a mask: one pass in slot order, no list of ids
-            first = self._in_order(snapshot, rows)
+            first = self.first_doc  # read after the map: it is None before a map that is not in order
             if first is not None:  # slot s holds document first + s: the mask's own run of entries, as it is
                 mask = allowed[first: first + rows]
                 if len(mask) < rows:  # documents past the mask's end are not allowed
@@ -287,20 +298,6 @@ class VectorIndex:
         if not allowed.flags.writeable:  # only a kept set can come again
             self._filter = (allowed, self.version, rows, found)
         return found
-
-    def _in_order(self, snapshot: np.ndarray, rows: int) -> int | None:
-        """``d`` when slot ``s`` holds document ``d + s`` for each of the first ``rows`` slots of this snapshot of
-        ``doc_of_slot`` (documents fed once, in order, none removed: a fresh collection), else None; checked once
-        per snapshot and kept."""
-        version = self.version
-        kept = self._order
-        if kept is not None and kept[0] is snapshot and kept[1] == version and kept[2] == rows:
-            return kept[3]
-        start = int(snapshot[0]) if rows else 0
-        in_order = start >= 0 and np.array_equal(snapshot[:rows], np.arange(start, start + rows))
-        first = start if in_order else None
-        self._order = (snapshot, version, rows, first)
-        return first
 
     def nearest(self, q: np.ndarray, k: int, *, explore: int = 0, approximate: bool | None = None,
                 allowed: np.ndarray | None = None, exact_threshold: int = 4096) -> Neighbors:

@@ -76,7 +76,7 @@ def brute_force(coll, q, keep, k):
     """The k nearest documents passing ``keep``, by numpy over every document's attributes and vector."""
     scored = []
     for d in coll.iter_documents():
-        if keep(d):
+        if keep(d) and "f_image" in d.vectors:
             v = d.vectors["f_image"]
             scored.append((-float(v @ q) / float(np.linalg.norm(v) * np.linalg.norm(q)), d.docid))
     return [docid for _, docid in sorted(scored)[:k]]
@@ -148,6 +148,15 @@ def test_a_fresh_collections_filter_and_one_with_removed_documents_find_the_near
 
         for bound in (40, 25.5):
             check(bound)
+        # a document without a vector takes an id but no slot: from there on, slot s holds another document
+        c.feed([Document("novec", width=99)])
+        q = np.array([1.0, 0.0, 0.0, 0.0], np.float32)
+        c.feed([Document("late", width=0, vectors={"f_image": q})])  # the nearest, and outside the filter
+        for exact in (True, False):
+            found = [h.docid for h in c.search(q, field="f_image", hits=10, approximate=not exact,
+                                               filter=Filter(min_width=40)).hits]
+            assert len(found) == 10 and "late" not in found, exact
+        check(40)
         c.remove("d3")
         c.update("d9", vectors={"f_image": rng.standard_normal(4).astype(np.float32)})
         for bound in (40, 26):
