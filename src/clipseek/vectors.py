@@ -6,13 +6,24 @@ searches never return dead slots. Nothing here reads SQLite: the collection tell
 which slots (at open, from the store, and after each committed write).
 
 Search is Vespa's: the ``k`` (targetHits) nearest live documents, optionally only those a filter allows (the
-filter is applied *before* choosing neighbours, so a filter never costs hits that exist). The plan is exact
-(score every candidate) when the candidates are few — at most ``exact_threshold`` or ``k``, or a filter passing
-less than Vespa's approximate-threshold of 5 % — or when the query says ``approximate: false``; otherwise HNSW
-(:mod:`clipseek.hnsw`) proposes a beam of targetHits + exploreAdditionalHits candidates, re-scored from the
-graph's 12-bit codes (int8 + a 4-bit residual: the cosine to about 1e-4) so that an HNSW search never reads the
-float32 rows, which stay on disk; the exact plan scores the float32 rows. A filter (and the dead slots) is applied
-inside the graph walk, whose view is widened by the share of slots that pass, so the beam holds passing candidates.
+filter is applied *before* choosing neighbours, so a filter never costs hits that exist). Three plans:
+
+- ``exact``: every candidate scored from its float32 row — when the candidates are few (at most
+  ``exact_threshold`` or ``k``) or the query says ``approximate: false``.
+- ``scan``: a filter passing less than Vespa's approximate-threshold of 5 % (or one that follows the vectors,
+  below): every passing slot ranked from the graph's int8 code (a quarter of a float32 row's bytes), the best
+  4 × (targetHits + exploreAdditionalHits) scored from their float32 rows — exact search's hits and relevance but
+  for near-ties within the codes' noise (~1e-3). Without a graph built, or when that shortlist is all of them:
+  ``exact``.
+- ``hnsw`` (:mod:`clipseek.hnsw`): the graph proposes a beam of targetHits + exploreAdditionalHits candidates,
+  re-scored from its 12-bit codes (int8 + a 4-bit residual: the cosine to about 1e-4), so an HNSW search never
+  reads the float32 rows, which stay on disk. A filter (and the dead slots) is applied inside the graph walk: it
+  goes through every slot and keeps only passing ones in its beam. A filter passing a share p of the slots needs
+  a view of about ef / p for ef that pass (Vespa's walk until it holds ef that pass). Below
+  FILTER_FIRST_THRESHOLD a narrower view, a third of that, does for a filter independent of the vectors (the
+  walk sees every neighbour of the slots in view); one that follows the vectors near the query (the documents
+  of one side of the collection, away from it) it misses, and the beam's links tell: they pass such a filter
+  much more often than its share. Then the view is widened, or the passing slots scanned when that costs less.
 
 Publication order, which concurrent searches rely on: a new slot's norm and row are in place before any
 document maps to it, and a search works on one snapshot of ``doc_of_slot`` (replaced, never grown in place).
@@ -33,11 +44,26 @@ from .errors import CollectionDamagedError, VectorError
 from .hnsw import AnnIndex, HnswParams, closeness
 
 APPROXIMATE_THRESHOLD = 0.05  # Vespa's default approximate-threshold: below it, exact search
-#: Below this share of passing slots a filter leaves the graph walk few paths through passing ones, and the walk's
-#: view is doubled (at 10 % of 50k × 512, an ad hoc check, recall@10 went from 0.971 to 0.988). Vespa decides its
-#: filtered strategies by the same hit ratio (its filter-first-threshold, 0 by default, turns on ACORN-1).
+#: Below this share of passing slots a filtered walk starts with a narrow view and checks whether the filter follows
+#: the vectors near the query; if so its view is doubled (ef / p × 2: at 10 % of 50k × 512, an ad hoc check, recall@10
+#: went from 0.971 to 0.988 against ef / p) or the passing slots scanned. Vespa decides its filtered strategies by the
+#: same hit ratio (its filter-first-threshold, 0 by default, turns on ACORN-1).
 FILTER_FIRST_THRESHOLD = 0.3
 GATHER_BYTES = 1 << 20  # scattered rows are scored this many bytes at a time
+#: A walk scores every bottom-layer neighbour of each slot in its view (2 × max-links-per-node, many already seen), so
+#: it sees several times its view: a filter independent of the vectors, passing a share p < FILTER_FIRST_THRESHOLD,
+#: needs a view of ef / p / SEEN_PER_VIEW for a beam of ef that pass (200k × 512, targetHits 10 + 38, 300 queries,
+#: an ad hoc check: recall@10 0.990, 0.999, 0.994 at 5, 10, 20 %; a view of ef / p costs 3.6× more).
+SEEN_PER_VIEW = 3
+#: How many slots seen per slot in view varies with the data (fewer where the vectors have few dimensions); a view
+#: up to this wide costs little (~0.5 ms), so a narrow view is never narrower than this, or than ef / p when less.
+NARROW_FLOOR = 160
+#: A filter "follows the vectors" near a query when the beam's links pass it this many times more often than its share.
+FOLLOWS = 1.3
+#: A scan of int8 codes costs about as much as a walk with a view this many times fewer slots (200k × 512, ad hoc:
+#: 0.13-0.17 µs a row, 3.5 µs a view slot); at equal cost the scan is chosen: it misses nothing, the walk may.
+SCAN_ROWS_PER_VIEW = 25
+SCAN_SHORTLIST = 4  # a scan re-scores this many × targetHits + exploreAdditionalHits best by code from float32
 
 
 @dataclass(frozen=True)
@@ -307,10 +333,24 @@ class VectorIndex:
         rows = len(doc_of_slot)
         filtered = None if allowed is None else self.slot_filter(allowed, rows)
         n_candidates = self.live if filtered is None else filtered.count
-        exact = (approximate is False or n_candidates <= max(exact_threshold, k)
-                 or (filtered is not None and n_candidates < APPROXIMATE_THRESHOLD * self.live))
-        if exact:
+        if approximate is False or n_candidates <= max(exact_threshold, k):
             plan = "exact"
+        elif filtered is not None and n_candidates < APPROXIMATE_THRESHOLD * self.live:
+            plan = "exact" if self.graph is None else "scan"  # (a scan reads the graph's codes; none built: rows)
+        else:
+            plan = "hnsw"
+            beam = self._beam(doc_of_slot, q, k, explore, filtered, n_candidates)
+            if beam is None:
+                plan = "scan"
+            else:
+                slots, cos = beam, self._rescore(q, beam)
+        if plan == "scan":
+            assert filtered is not None
+            slots = self._scan(q, filtered.slots(), k + explore)
+            cos = self.cosines(q, slots)
+            if len(slots) == filtered.count:  # few enough that every one was scored from its row
+                plan = "exact"
+        elif plan == "exact":
             if filtered is None:  # score every row in place (no gather), then drop dead slots
                 cos = self.cosines(q, rows=rows)
                 live = doc_of_slot >= 0
@@ -320,10 +360,6 @@ class VectorIndex:
             else:
                 slots = filtered.slots()
                 cos = self.cosines(q, slots)
-        else:
-            plan = "hnsw"
-            slots = self._beam(doc_of_slot, q, k, explore, filtered, n_candidates)
-            cos = self._rescore(q, slots)
         if len(slots) == 0 or k == 0:
             empty = np.zeros(0)
             return Neighbors(empty.astype(np.int64), empty, empty, plan)
@@ -357,19 +393,43 @@ class VectorIndex:
                 self.graph = graph
             return self.graph
 
+    def _scan(self, q: np.ndarray, slots: np.ndarray, ef: int) -> np.ndarray:
+        """Of ``slots`` (sorted), the SCAN_SHORTLIST × ``ef`` best by their int8 codes, and any the graph does not
+        cover yet (published a moment ago by a concurrent write): the ones to score from the float32 rows."""
+        graph = self.graph
+        assert graph is not None
+        covered = int(np.searchsorted(slots, len(graph)))
+        short = SCAN_SHORTLIST * max(ef, 1)
+        if covered <= short:
+            return slots
+        scores = graph.code_scores(q, slots[:covered])
+        best = np.sort(np.argpartition(-scores, short - 1)[:short])  # in slot order: the rows read in file order
+        return np.concatenate([slots[:covered][best], slots[covered:]])
+
     def _beam(self, doc_of_slot: np.ndarray, q: np.ndarray, k: int, explore: int, filtered: SlotFilter | None,
-              n_candidates: int) -> np.ndarray:
-        """The beam's candidate slots: live ones, and of ``filtered`` (the filter's slots) when given."""
+              n_candidates: int) -> np.ndarray | None:
+        """The beam's candidate slots: live ones, and of ``filtered`` (the filter's slots) when given; None when a
+        scan of the filter's slots costs less than the wide walk a filter that follows the vectors here needs."""
         graph = self._graph()
         rows = min(len(graph), len(doc_of_slot))
-        if filtered is None:
-            allow = self.live_bitmap(rows)
-        else:  # the filter's live slots: the graph is walked through the others, which are never returned
-            allow = filtered.bitmap(rows)
         ef = k + explore
         want = min(ef, n_candidates)  # as Vespa: a whole beam of candidates that pass (live, in the filter)
         share = max(n_candidates, 1) / rows
-        walk = math.ceil(ef / share * (2 if share < FILTER_FIRST_THRESHOLD else 1))  # a view of ~ef slots that pass
+        walk = math.ceil(ef / share)  # a view of ~ef slots that pass, as Vespa's walk until it holds ef that pass
+        if filtered is None:
+            allow = self.live_bitmap(rows)
+            walk *= 2 if share < FILTER_FIRST_THRESHOLD else 1
+        else:  # the filter's live slots: the graph is walked through the others, which are never returned
+            allow = filtered.bitmap(rows)
+            if share < FILTER_FIRST_THRESHOLD:  # first a narrow view, enough for a filter independent of the vectors
+                narrow = max(math.ceil(walk / SEEN_PER_VIEW), min(walk, NARROW_FLOOR))
+                keys = graph.search(q, k, ef=ef, allow=allow, walk=narrow)
+                keys = keys[keys < rows]
+                if len(keys) >= want and not self._follows(graph, filtered.mask, keys, share):
+                    return keys
+                walk *= 2  # the filter follows the vectors here (or passes few near the query): a wide view
+                if n_candidates <= SCAN_ROWS_PER_VIEW * walk:
+                    return None  # or a scan of its slots, when that costs less
         while True:
             keys = graph.search(q, k, ef=ef, allow=allow, walk=walk)
             keys = keys[keys < rows]
@@ -378,6 +438,16 @@ class VectorIndex:
             if walk >= rows:  # the graph cannot reach them all: every candidate, scored exactly
                 return np.flatnonzero(doc_of_slot >= 0) if filtered is None else filtered.slots()
             walk = min(rows, 2 * walk)  # the walk found too few that pass: widen its view
+
+    @staticmethod
+    def _follows(graph: AnnIndex, mask: np.ndarray, keys: np.ndarray, share: float) -> bool:
+        """Whether a filter follows the vectors near the query: the slots the beam links to pass it clearly more
+        often than slots at large. For a filter independent of the vectors they pass at its share (the beam's
+        ~1,500 links at 200k × 512: 0.10 ± 0.02 for a 10 % filter, ≤ 1.3 × its share for all of 300 queries at
+        5-50 %); for one that passes the documents to one side of the collection, 1.6-4 × (bench/filters.py)."""
+        linked = graph.neighbours(keys)
+        linked = linked[linked < len(mask)]
+        return len(linked) > 0 and int(np.count_nonzero(mask[linked])) >= FOLLOWS * share * len(linked)
 
     def live_bitmap(self, rows: int) -> np.ndarray | None:
         """Bitmap of the live slots among the first ``rows`` (for the graph's selector); None when all live."""

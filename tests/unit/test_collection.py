@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from clipseek import vectors
+from clipseek import hnsw, vectors
 from clipseek.collection import Collection, Document, Filter
 from clipseek.errors import (
     CollectionLockedError,
@@ -203,6 +203,73 @@ def test_a_graph_that_cannot_reach_enough_slots_falls_back_to_exact(coll, monkey
     flt, keep = Filter(folder="/photos/cats"), (lambda d: d.path.startswith("/photos/cats/"))  # noqa: E731
     res = coll.search(q, field="tiny_image", hits=10, filter=flt)
     assert res.plan == "hnsw" and [h.docid for h in res.hits] == brute(survivors, q, 10, keep)
+
+
+@pytest.fixture(scope="module")
+def sided(tmp_path_factory):
+    """8,000 clustered 64-dim documents with ``height`` = their percentile (0-99) along one random direction, so a
+    filter on height passes the documents to one side of the collection, and ``width`` = their number % 100, so
+    a filter on width passes documents anywhere; the graph built."""
+    rng = np.random.default_rng(11)
+    dim, n = 64, 8000
+    data = around(rng, unit_centres(rng, 40, dim), n, 1.0).astype(np.float32)
+    height = np.empty(n, np.int64)
+    height[np.argsort(data @ rng.standard_normal(dim))] = np.arange(n) * 100 // n
+    c = Collection.create(tmp_path_factory.mktemp("sided") / "c", exact_threshold=0)
+    c.add_field("f_image", "m", dim)
+    c.feed([Document(str(i), width=i % 100, height=int(height[i]), vectors={"f_image": v})
+            for i, v in enumerate(data)])
+    c.search(data[0], field="f_image")
+    yield c, data, height, around(rng, data, 60, 0.3)
+    c.close()
+
+
+def exact_hits(data, keep, q, k=10):
+    order = np.lexsort((np.arange(len(data)), -(data @ q) / np.linalg.norm(data, axis=1)))
+    return [str(i) for i in order[keep[order]][:k]]
+
+
+def test_a_filter_that_follows_the_vectors_does_not_lose_hits_to_the_narrow_walk(sided):
+    """A walk through the graph keeps a view sized for a filter independent of the vectors. A filter passing the
+    10 % of documents furthest to one side leaves that walk, which heads for the query, few of them to see (recall
+    ~0.7): the beam's links pass such a filter far more often than 10 %, and the search turns to a wide walk, or,
+    costing less here, scores every passing document from its code."""
+    c, data, height, queries = sided
+    found, plans = 0, set()
+    for q in queries:
+        res = c.search(q, field="f_image", hits=10, target_hits=10, filter=Filter(max_height=9))
+        found += len(set(exact_hits(data, height <= 9, q)) & {h.docid for h in res.hits})
+        plans.add(res.plan)
+    assert found / 600 >= 0.98 and "scan" in plans, (found, plans)
+    found = 0  # independent of the vectors: the narrow walk
+    for q in queries:
+        res = c.search(q, field="f_image", hits=10, target_hits=10, explore_additional_hits=38,
+                       filter=Filter(max_width=9))
+        found += len(set(exact_hits(data, np.arange(len(data)) % 100 <= 9, q)) & {h.docid for h in res.hits})
+        assert res.plan == "hnsw"
+    assert found / 600 >= 0.98, found
+
+
+@pytest.mark.parametrize("chunk_rows", [7, None])
+def test_a_filter_below_the_approximate_threshold_scans_codes_and_scores_the_best_rows(sided, monkeypatch,
+                                                                                     chunk_rows):
+    """Below Vespa's approximate-threshold (5 %) a filter's documents are not walked to but all scored: from their
+    int8 codes (a chunk at a time, the last one short), then the best few times the beam from their float32 rows,
+    so hits and relevance are exact search's."""
+    c, data, height, queries = sided
+    if chunk_rows:
+        monkeypatch.setattr(hnsw, "SCAN_BYTES", 4 * data.shape[1] * chunk_rows)
+    keep = (np.arange(len(data)) % 100 < 3) & (height < 90)  # ~2.7 %: 216 documents, more than 4 × the beam
+    flt = Filter(max_width=2, max_height=89)
+    unit_rows = data / np.linalg.norm(data, axis=1, keepdims=True)
+    for q in queries[:20]:
+        res = c.search(q, field="f_image", hits=10, target_hits=10, filter=flt)
+        assert res.plan == "scan" and [h.docid for h in res.hits] == exact_hits(data, keep, q)
+        cos = unit_rows[[int(h.docid) for h in res.hits]] @ (q / np.linalg.norm(q))
+        assert [h.relevance for h in res.hits] == pytest.approx(1 / (1 + np.arccos(np.clip(cos, -1, 1))), abs=1e-6)
+    # a beam of 60: 4 × 60 is more than all of them, every one scored from its row, as in exact search
+    res = c.search(queries[0], field="f_image", hits=60, target_hits=60, filter=flt)
+    assert res.plan == "exact" and [h.docid for h in res.hits] == exact_hits(data, keep, queries[0], 60)
 
 
 def test_yql_nearest_neighbor_with_predicates(coll):
