@@ -15,8 +15,8 @@ filter is applied *before* choosing neighbours, so a filter never costs hits tha
   4 × (targetHits + exploreAdditionalHits) scored from their float32 rows — exact search's hits and relevance but
   for near-ties within the codes' noise (~1e-3). Without a graph built, or when that shortlist is all of them:
   ``exact``.
-- ``hnsw`` (:mod:`clipseek.hnsw`): the graph proposes a beam of targetHits + exploreAdditionalHits candidates,
-  re-scored from its 12-bit codes (int8 + a 4-bit residual: the cosine to about 1e-4), so an HNSW search never
+- ``hnsw`` (:mod:`clipseek.hnsw`): the graph walks with a beam of targetHits + exploreAdditionalHits candidates,
+  and its best (2 × targetHits, at least targetHits + 16) are re-scored from the graph's 12-bit codes (int8 + a 4-bit residual: the cosine to about 1e-4), so an HNSW search never
   reads the float32 rows, which stay on disk. A filter (and the dead slots) is applied inside the graph walk: it
   goes through every slot and keeps only passing ones in its beam. A filter passing a share p of the slots needs
   a view of about ef / p for ef that pass (Vespa's walk until it holds ef that pass). Below
@@ -63,6 +63,8 @@ FOLLOWS = 1.3
 #: A scan of int8 codes costs about as much as a walk with a view this many times fewer slots (200k × 512, ad hoc:
 #: 0.13-0.17 µs a row, 3.5 µs a view slot); at equal cost the scan is chosen: it misses nothing, the walk may.
 SCAN_ROWS_PER_VIEW = 25
+#: The beam's best by the graph's distance that are re-scored: 2 × targetHits, and at least targetHits + this.
+RESCORE_EXTRA = 16
 SCAN_SHORTLIST = 4  # a scan re-scores this many × targetHits + exploreAdditionalHits best by code from float32
 
 
@@ -408,12 +410,14 @@ class VectorIndex:
 
     def _beam(self, doc_of_slot: np.ndarray, q: np.ndarray, k: int, explore: int, filtered: SlotFilter | None,
               n_candidates: int) -> np.ndarray | None:
-        """The beam's candidate slots: live ones, and of ``filtered`` (the filter's slots) when given; None when a
-        scan of the filter's slots costs less than the wide walk a filter that follows the vectors here needs."""
+        """The candidate slots to re-score: the beam's best (live ones, and of ``filtered``, the filter's slots, when
+        given); None when a scan of the filter's slots costs less than the wide walk a filter that follows the
+        vectors here needs."""
         graph = self._graph()
         rows = min(len(graph), len(doc_of_slot))
         ef = k + explore
-        want = min(ef, n_candidates)  # as Vespa: a whole beam of candidates that pass (live, in the filter)
+        best = min(ef, max(2 * k, k + RESCORE_EXTRA))  # those of the beam re-scored
+        want = min(best, n_candidates)  # as Vespa: a walk until the beam holds enough that pass (live, in the filter)
         share = max(n_candidates, 1) / rows
         walk = math.ceil(ef / share)  # a view of ~ef slots that pass, as Vespa's walk until it holds ef that pass
         if filtered is None:
@@ -423,15 +427,15 @@ class VectorIndex:
             allow = filtered.bitmap(rows)
             if share < FILTER_FIRST_THRESHOLD:  # first a narrow view, enough for a filter independent of the vectors
                 narrow = max(math.ceil(walk / SEEN_PER_VIEW), min(walk, NARROW_FLOOR))
-                keys = graph.search(q, k, ef=ef, allow=allow, walk=narrow)
+                keys = graph.search(q, ef, ef=ef, allow=allow, walk=narrow)  # the whole beam: its links tell
                 keys = keys[keys < rows]
                 if len(keys) >= want and not self._follows(graph, filtered.mask, keys, share):
-                    return keys
+                    return keys[:best]
                 walk *= 2  # the filter follows the vectors here (or passes few near the query): a wide view
                 if n_candidates <= SCAN_ROWS_PER_VIEW * walk:
                     return None  # or a scan of its slots, when that costs less
         while True:
-            keys = graph.search(q, k, ef=ef, allow=allow, walk=walk)
+            keys = graph.search(q, best, ef=ef, allow=allow, walk=walk)
             keys = keys[keys < rows]
             if len(keys) >= want:
                 return keys

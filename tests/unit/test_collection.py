@@ -573,8 +573,14 @@ def test_a_put_under_another_namespace_moves_the_document(coll):
     assert coll.get("x").namespace == "b" and coll.namespaces() == {"b"}
 
 
-def test_the_graph_beam_is_rescored_not_just_its_first_hits(tmp_path):
-    """int8 codes rank near neighbours roughly; re-scoring the whole beam gives float32's order back."""
+def test_the_graph_beam_is_rescored_not_just_its_first_hits(tmp_path, monkeypatch):
+    """int8 codes rank near neighbours roughly; re-scoring the beam's best (2 × targetHits, at least targetHits +
+    16, all of a smaller beam) gives float32's order back."""
+    from clipseek.hnsw import AnnIndex
+    rescored = []
+    cosines = AnnIndex.cosines
+    monkeypatch.setattr(AnnIndex, "cosines",
+                        lambda self, q, slots: rescored.append(len(slots)) or cosines(self, q, slots))
     rng = np.random.default_rng(3)
     data = around(rng, unit_centres(rng, 20, 512), 3000, 0.6)
     queries = around(rng, data, 30, 0.3)
@@ -588,6 +594,11 @@ def test_the_graph_beam_is_rescored_not_just_its_first_hits(tmp_path):
             res = c.search(q, field="big_image", hits=10, target_hits=10, explore_additional_hits=90)
             found += len(truth & {h.docid for h in res.hits})
         assert res.plan == "hnsw" and found / 300 >= 0.97, found
+        assert set(rescored) == {26}
+        for target, explore, expected in ((3, 30, 19), (40, 60, 80), (40, 10, 50), (100, 0, 100)):
+            rescored.clear()
+            res = c.search(queries[0], field="big_image", hits=10, target_hits=target, explore_additional_hits=explore)
+            assert rescored == [expected] and len(res.hits) == min(10, target)
 
 
 def test_the_graph_codes_use_the_int8_range_and_rank_near_float32(tmp_path):
