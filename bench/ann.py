@@ -45,7 +45,7 @@ from clipseek.hnsw import AnnIndex, HnswParams
 
 DIM = 512
 FIELD = "vit_b_32_image"
-BEAMS = (16, 24, 32, 40, 48, 64, 96, 128, 192, 256)  # the same beam widths for both engines (1M needs > 128)
+BEAMS = (16, 24, 32, 36, 40, 44, 48, 56, 64, 96, 128, 192, 256)  # the same for both engines (1M needs > 128)
 ROUNDS = 3  # interleaved repetitions; the best time of each counts
 FILTER_SHARES = (1, 10, 50, 90)  # % of the documents a filter passes (width < share)
 
