@@ -234,6 +234,28 @@ class AnnIndex:
             np.dot(chunk[: len(rows)], q, out=out[start: start + step])
         return out
 
+    def scan(self, query: np.ndarray, count: int, allow: np.ndarray) -> np.ndarray:
+        """The ``count`` slots of ``allow`` (a bitmap as :meth:`search` takes) nearest by their int8 codes, nearest
+        first: faiss's scan of the code array, which checks the bitmap slot by slot and scores the passing ones in
+        place (its pass over the bitmap costs ~2.5 ns a slot; it beats :meth:`code_scores`' gather from ~5 % of the
+        slots passing)."""
+        faiss = self._faiss
+        width = min(count, self._covered)
+        if width <= 0:
+            return np.zeros(0, dtype=np.int64)
+        allow = np.ascontiguousarray(allow, dtype=np.uint8)
+        params = faiss.SearchParameters()
+        params.sel = selector = faiss.IDSelectorBitmap(len(allow), faiss.swig_ptr(allow))  # held for the call
+        query_code = self._query(query)
+        distances = np.empty(width, dtype=np.float32)
+        keys = np.empty(width, dtype=np.int64)
+        _omp_threads(faiss, 1)
+        with self._lock:
+            self._index.storage.search_c(1, faiss.swig_ptr(query_code), width, faiss.swig_ptr(distances),
+                                         faiss.swig_ptr(keys), params)
+        del selector
+        return keys if keys[-1] >= 0 else keys[keys >= 0]
+
     def codes(self, slots: np.ndarray) -> np.ndarray:
         """The int8 codes of the rows at ``slots``."""
         return (self._code_rows(slots).astype(np.int16) - CODE_OFFSET).astype(np.int8)

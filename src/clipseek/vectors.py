@@ -10,20 +10,21 @@ filter is applied *before* choosing neighbours, so a filter never costs hits tha
 
 - ``exact``: every candidate scored from its float32 row — when the candidates are few (at most
   ``exact_threshold`` or ``k``) or the query says ``approximate: false``.
-- ``scan``: a filter passing less than Vespa's approximate-threshold of 5 % (or one that follows the vectors,
-  below): every passing slot ranked from the graph's int8 code (a quarter of a float32 row's bytes), the best
-  4 × (targetHits + exploreAdditionalHits) scored from their float32 rows — exact search's hits and relevance but
-  for near-ties within the codes' noise (~1e-3). Without a graph built, or when that shortlist is all of them:
-  ``exact``.
+- ``scan``: a filter passing less than Vespa's approximate-threshold of 5 %, SCAN_MIN_ROWS slots or more (or
+  one that follows the vectors, below): every passing slot ranked from the graph's int8 code (a quarter of a
+  float32 row's bytes), the best 4 × targetHits (at least targetHits + 64) scored from their float32 rows — exact
+  search's hits and relevance but for near-ties within the codes' noise (~1e-3). Without a graph built, or when
+  that shortlist is all of them: ``exact``.
 - ``hnsw`` (:mod:`clipseek.hnsw`): the graph walks with a beam of targetHits + exploreAdditionalHits candidates,
-  and its best (2 × targetHits, at least targetHits + 16) are re-scored from the graph's 12-bit codes (int8 + a 4-bit residual: the cosine to about 1e-4), so an HNSW search never
-  reads the float32 rows, which stay on disk. A filter (and the dead slots) is applied inside the graph walk: it
-  goes through every slot and keeps only passing ones in its beam. A filter passing a share p of the slots needs
-  a view of about ef / p for ef that pass (Vespa's walk until it holds ef that pass). Below
-  FILTER_FIRST_THRESHOLD a narrower view, a third of that, does for a filter independent of the vectors (the
-  walk sees every neighbour of the slots in view); one that follows the vectors near the query (the documents
-  of one side of the collection, away from it) it misses, and the beam's links tell: they pass such a filter
-  much more often than its share. Then the view is widened, or the passing slots scanned when that costs less.
+  and its best (2 × targetHits, at least targetHits + 16) are re-scored from the graph's 12-bit codes (int8 + a
+  4-bit residual: the cosine to about 1e-4), so an HNSW search never reads the float32 rows, which stay on disk.
+  A filter (and the dead slots) is applied inside the graph walk: it goes through every slot and keeps only
+  passing ones in its beam. A filter passing a share p of the slots needs a view of about ef / p for ef that pass
+  (Vespa's walk until it holds ef that pass); below FILTER_FIRST_THRESHOLD a third of that does (the walk sees
+  every neighbour of the slots in view). That is for a filter independent of the vectors. One that follows them
+  near the query (the documents of one side of the collection, away from it) such a walk misses, and the beam's
+  links tell: they pass such a filter much more often than its share. Then the view is WIDE × ef / p, or the
+  passing slots are scanned when that costs less.
 
 Publication order, which concurrent searches rely on: a new slot's norm and row are in place before any
 document maps to it, and a search works on one snapshot of ``doc_of_slot`` (replaced, never grown in place).
@@ -44,10 +45,8 @@ from .errors import CollectionDamagedError, VectorError
 from .hnsw import AnnIndex, HnswParams, closeness
 
 APPROXIMATE_THRESHOLD = 0.05  # Vespa's default approximate-threshold: below it, exact search
-#: Below this share of passing slots a filtered walk starts with a narrow view and checks whether the filter follows
-#: the vectors near the query; if so its view is doubled (ef / p × 2: at 10 % of 50k × 512, an ad hoc check, recall@10
-#: went from 0.971 to 0.988 against ef / p) or the passing slots scanned. Vespa decides its filtered strategies by the
-#: same hit ratio (its filter-first-threshold, 0 by default, turns on ACORN-1).
+#: Below this share of passing slots a filtered walk's first view is narrower than ef / p (SEEN_PER_VIEW). Vespa
+#: decides its filtered strategies by the same hit ratio (its filter-first-threshold, 0 by default, turns on ACORN-1).
 FILTER_FIRST_THRESHOLD = 0.3
 GATHER_BYTES = 1 << 20  # scattered rows are scored this many bytes at a time
 #: A walk scores every bottom-layer neighbour of each slot in its view (2 × max-links-per-node, many already seen), so
@@ -58,14 +57,33 @@ SEEN_PER_VIEW = 3
 #: How many slots seen per slot in view varies with the data (fewer where the vectors have few dimensions); a view
 #: up to this wide costs little (~0.5 ms), so a narrow view is never narrower than this, or than ef / p when less.
 NARROW_FLOOR = 160
-#: A filter "follows the vectors" near a query when the beam's links pass it this many times more often than its share.
-FOLLOWS = 1.3
+#: A filter "follows the vectors" near a query when the slots the beam links to pass it more often than an independent
+#: filter's could by chance: by this many standard deviations of a binomial count at the filter's share. (200k × 512,
+#: an ad hoc check of 300 queries a share: an independent filter's links reached 3.6 at most at 5-70 %; a filter
+#: passing the documents of one side of the collection went past 4 for 100 % of queries at 5 %, 82 % at 30 %, 52 % at
+#: 50 %.) A filter passing more than FOLLOWS_CHECKED of the slots is not checked: the walk sees enough of them.
+FOLLOWS_Z = 4.0
+FOLLOWS_CHECKED = 0.75
+#: The view for a filter that follows the vectors: this many × ef / p (200k × 512, one passing the documents to one
+#: side of the collection, an ad hoc check: recall@10 0.91, 0.96 at 10 % with 1 ×, 2 ×; 0.90, 0.98, 0.99 at 30 % with
+#: 1 ×, 3 ×, 6 ×), or a scan of the filter's slots when that costs less.
+WIDE = 4
 #: A scan of int8 codes costs about as much as a walk with a view this many times fewer slots (200k × 512, ad hoc:
 #: 0.13-0.17 µs a row, 3.5 µs a view slot); at equal cost the scan is chosen: it misses nothing, the walk may.
 SCAN_ROWS_PER_VIEW = 25
 #: The beam's best by the graph's distance that are re-scored: 2 × targetHits, and at least targetHits + this.
 RESCORE_EXTRA = 16
-SCAN_SHORTLIST = 4  # a scan re-scores this many × targetHits + exploreAdditionalHits best by code from float32
+#: A scan scores the best by code from float32: this many × targetHits, and at least targetHits + SCAN_EXTRA (as
+#: exact search, it has no beam: exploreAdditionalHits does not count).
+SCAN_SHORTLIST = 4
+SCAN_EXTRA = 64
+#: Below this many passing rows (8 MiB of float32 at 512 dims) exact search costs no more than a scan (200k × 512,
+#: ad hoc: 2,000 rows 0.28 ms exact, 0.37 scanned; 10,000 rows 3.5 and 1.6 ms).
+SCAN_MIN_ROWS = 4096
+#: From this share of the slots passing, a scan is faiss's over the filter's bitmap rather than a gather of the rows'
+#: codes (200k × 512, ad hoc: 20,000 rows spread over the collection 1.4-1.7 ms against 2.6-4.5; faiss's pass over
+#: the bitmap costs ~2.5 ns a slot, the gather ~50-130 ns a row).
+SCAN_BITMAP_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -338,7 +356,8 @@ class VectorIndex:
         if approximate is False or n_candidates <= max(exact_threshold, k):
             plan = "exact"
         elif filtered is not None and n_candidates < APPROXIMATE_THRESHOLD * self.live:
-            plan = "exact" if self.graph is None else "scan"  # (a scan reads the graph's codes; none built: rows)
+            # a scan reads the graph's codes (none built: the rows); few rows cost no more than their codes
+            plan = "exact" if self.graph is None or n_candidates < SCAN_MIN_ROWS else "scan"
         else:
             plan = "hnsw"
             beam = self._beam(doc_of_slot, q, k, explore, filtered, n_candidates)
@@ -348,7 +367,7 @@ class VectorIndex:
                 slots, cos = beam, self._rescore(q, beam)
         if plan == "scan":
             assert filtered is not None
-            slots = self._scan(q, filtered.slots(), k + explore)
+            slots = self._scan(q, filtered, k)
             cos = self.cosines(q, slots)
             if len(slots) == filtered.count:  # few enough that every one was scored from its row
                 plan = "exact"
@@ -395,18 +414,22 @@ class VectorIndex:
                 self.graph = graph
             return self.graph
 
-    def _scan(self, q: np.ndarray, slots: np.ndarray, ef: int) -> np.ndarray:
-        """Of ``slots`` (sorted), the SCAN_SHORTLIST × ``ef`` best by their int8 codes, and any the graph does not
+    def _scan(self, q: np.ndarray, filtered: SlotFilter, k: int) -> np.ndarray:
+        """Of the filter's slots, the shortlist of the ``k`` nearest by their int8 codes, and any the graph does not
         cover yet (published a moment ago by a concurrent write): the ones to score from the float32 rows."""
         graph = self.graph
         assert graph is not None
+        slots = filtered.slots()
         covered = int(np.searchsorted(slots, len(graph)))
-        short = SCAN_SHORTLIST * max(ef, 1)
+        short = max(SCAN_SHORTLIST * k, k + SCAN_EXTRA)
         if covered <= short:
             return slots
-        scores = graph.code_scores(q, slots[:covered])
-        best = np.sort(np.argpartition(-scores, short - 1)[:short])  # in slot order: the rows read in file order
-        return np.concatenate([slots[:covered][best], slots[covered:]])
+        if covered >= SCAN_BITMAP_SHARE * len(graph):  # faiss's scan, over the filter's bitmap
+            best = np.sort(graph.scan(q, short, filtered.bitmap(min(len(graph), len(filtered.mask)))))
+        else:  # a gather of the passing rows' codes
+            scores = graph.code_scores(q, slots[:covered])
+            best = slots[np.sort(np.argpartition(-scores, short - 1)[:short])]
+        return np.concatenate([best, slots[covered:]])  # in slot order: the rows read in file order
 
     def _beam(self, doc_of_slot: np.ndarray, q: np.ndarray, k: int, explore: int, filtered: SlotFilter | None,
               n_candidates: int) -> np.ndarray | None:
@@ -425,13 +448,16 @@ class VectorIndex:
             walk *= 2 if share < FILTER_FIRST_THRESHOLD else 1
         else:  # the filter's live slots: the graph is walked through the others, which are never returned
             allow = filtered.bitmap(rows)
-            if share < FILTER_FIRST_THRESHOLD:  # first a narrow view, enough for a filter independent of the vectors
-                narrow = max(math.ceil(walk / SEEN_PER_VIEW), min(walk, NARROW_FLOOR))
-                keys = graph.search(q, ef, ef=ef, allow=allow, walk=narrow)  # the whole beam: its links tell
+            if share < FOLLOWS_CHECKED:  # first the view an independent filter needs (narrower below 30 %)
+                if share < FILTER_FIRST_THRESHOLD:
+                    first = max(math.ceil(walk / SEEN_PER_VIEW), min(walk, NARROW_FLOOR))
+                else:
+                    first = walk
+                keys = graph.search(q, ef, ef=ef, allow=allow, walk=first)  # the whole beam: its links tell
                 keys = keys[keys < rows]
                 if len(keys) >= want and not self._follows(graph, filtered.mask, keys, share):
                     return keys[:best]
-                walk *= 2  # the filter follows the vectors here (or passes few near the query): a wide view
+                walk *= WIDE  # the filter follows the vectors here (or passes few near the query): a wide view
                 if n_candidates <= SCAN_ROWS_PER_VIEW * walk:
                     return None  # or a scan of its slots, when that costs less
         while True:
@@ -445,13 +471,20 @@ class VectorIndex:
 
     @staticmethod
     def _follows(graph: AnnIndex, mask: np.ndarray, keys: np.ndarray, share: float) -> bool:
-        """Whether a filter follows the vectors near the query: the slots the beam links to pass it clearly more
-        often than slots at large. For a filter independent of the vectors they pass at its share (the beam's
-        ~1,500 links at 200k × 512: 0.10 ± 0.02 for a 10 % filter, ≤ 1.3 × its share for all of 300 queries at
-        5-50 %); for one that passes the documents to one side of the collection, 1.6-4 × (bench/filters.py)."""
-        linked = graph.neighbours(keys)
+        """Whether a filter follows the vectors near the query: the slots the beam links to pass it more often than
+        slots at large, beyond chance. For a filter independent of the vectors they are a sample of the slots, and
+        pass at its share; for one that passes the documents to one side of the collection, at 1.6-4 × its share
+        (200k × 512, 5-30 %)."""
+        linked = np.sort(graph.neighbours(keys))
         linked = linked[linked < len(mask)]
-        return len(linked) > 0 and int(np.count_nonzero(mask[linked])) >= FOLLOWS * share * len(linked)
+        if len(linked) == 0:
+            return False
+        first = np.empty(len(linked), bool)  # each slot once (np.unique costs 5 × more here)
+        first[0] = True
+        np.not_equal(linked[1:], linked[:-1], out=first[1:])
+        linked = linked[first]
+        n, passing = len(linked), int(np.count_nonzero(mask[linked]))
+        return passing - n * share > FOLLOWS_Z * math.sqrt(n * share * (1 - share))
 
     def live_bitmap(self, rows: int) -> np.ndarray | None:
         """Bitmap of the live slots among the first ``rows`` (for the graph's selector); None when all live."""
