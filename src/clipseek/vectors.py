@@ -94,7 +94,7 @@ class Neighbors:
     docs: np.ndarray
     closeness: np.ndarray
     cosine: np.ndarray
-    plan: str  # "exact" or "hnsw"
+    plan: str  # "exact", "scan" or "hnsw"
 
 
 class SlotFilter:
