@@ -23,7 +23,7 @@ cosine within 2e-5 (median; 1e-3 where a component saturates).
 The relevance of an HNSW hit is therefore the cosine to about 1e-4, not to float32's precision; an exact search
 (``approximate: false``, or the planner's choice) reads the float32 rows.
 
-Besides the walk, the graph lends its codes to a scan (:meth:`AnnIndex.code_scores`: many rows ranked from a quarter
+Besides the walk, the graph lends its codes to a scan (:meth:`AnnIndex.scan`: a filter's rows ranked from a quarter
 of their float32 bytes) and its bottom-layer links (:meth:`AnnIndex.neighbours`) to the check of whether a filter
 follows the vectors.
 
@@ -70,8 +70,6 @@ LEGACY_SUFFIXES = (".usearch",)  # older clipseek's snapshots, removed when a ne
 RESIDUAL_STEPS = 16  # a residual counts sixteenths of a code step, stored as 0..15 (that is -8..7), two a byte
 CODE_OFFSET = 128  # faiss's QT_8bit_direct_signed stores an int8 code c as the byte c + 128
 ADD_CHUNK = 65_536  # rows coded and added at a time
-SCAN_BYTES = 1 << 19  # a scan of codes scores this many bytes of them, as float32, at a time (ad hoc, 10k rows of
-# 512: 1.3 ms; 2.0 at 2 MiB, 2.2 at 128 KiB)
 _threads = threading.local()  # per calling thread: OpenMP's thread count (one for a search, all for an add), and
 # the search parameters reused by its unfiltered searches
 
@@ -220,25 +218,10 @@ class AnnIndex:
             links: np.ndarray = self._links[self._link_starts[slots][:, None] + self._level0]
         return links[links >= 0]
 
-    def code_scores(self, query: np.ndarray, slots: np.ndarray) -> np.ndarray:
-        """The rows at ``slots`` (covered ones) ranked for ``query`` from their int8 codes alone: their inner
-        products with the query, plus a constant, times a positive constant (the rows were normalised before
-        coding), so an order within about 1e-3 of the cosines'. A chunk at a time, scored while in cache."""
-        q = np.asarray(query, dtype=np.float32)
-        out = np.empty(len(slots), dtype=np.float32)
-        step = max(1, SCAN_BYTES // (4 * self.dim))
-        chunk = np.empty((min(step, len(slots)), self.dim), dtype=np.float32)  # reused: no fresh memory a chunk
-        for start in range(0, len(slots), step):
-            rows = self._code_rows(slots[start: start + step])
-            np.copyto(chunk[: len(rows)], rows, casting="unsafe")
-            np.dot(chunk[: len(rows)], q, out=out[start: start + step])
-        return out
-
     def scan(self, query: np.ndarray, count: int, allow: np.ndarray) -> np.ndarray:
         """The ``count`` slots of ``allow`` (a bitmap as :meth:`search` takes) nearest by their int8 codes, nearest
-        first: faiss's scan of the code array, which checks the bitmap slot by slot and scores the passing ones in
-        place (its pass over the bitmap costs ~2.5 ns a slot; it beats :meth:`code_scores`' gather from ~5 % of the
-        slots passing)."""
+        first: faiss's scan of the code array, which checks the bitmap slot by slot (~2.5 ns a slot) and scores the
+        passing ones in place."""
         faiss = self._faiss
         width = min(count, self._covered)
         if width <= 0:

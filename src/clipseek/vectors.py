@@ -10,11 +10,10 @@ filter is applied *before* choosing neighbours, so a filter never costs hits tha
 
 - ``exact``: every candidate scored from its float32 row — when the candidates are few (at most
   ``exact_threshold`` or ``k``) or the query says ``approximate: false``.
-- ``scan``: a filter passing less than Vespa's approximate-threshold of 5 %, SCAN_MIN_ROWS slots or more (or
-  one that follows the vectors, below): every passing slot ranked from the graph's int8 code (a quarter of a
-  float32 row's bytes), the best 4 × targetHits (at least targetHits + 64) scored from their float32 rows — exact
-  search's hits and relevance but for near-ties within the codes' noise (~1e-3). Without a graph built, or when
-  that shortlist is all of them: ``exact``.
+- ``scan``: a filter that follows the vectors (below), when that costs less than a wide walk: every passing
+  slot ranked from the graph's int8 code (faiss's scan of its code array), the best 4 × targetHits (at least
+  targetHits + 64) scored from their float32 rows — exact search's hits and relevance but for near-ties within
+  the codes' noise (~1e-3); ``exact`` when that shortlist is all of them.
 - ``hnsw`` (:mod:`clipseek.hnsw`): the graph walks with a beam of targetHits + exploreAdditionalHits candidates,
   and its best (2 × targetHits, at least targetHits + 16) are re-scored from the graph's 12-bit codes (int8 + a
   4-bit residual: the cosine to about 1e-4), so an HNSW search never reads the float32 rows, which stay on disk.
@@ -62,22 +61,17 @@ FOLLOWS_CHECKED = 0.75
 #: side of the collection, an ad hoc check: recall@10 0.91, 0.96 at 10 % with 1 ×, 2 ×; 0.90, 0.98, 0.99 at 30 % with
 #: 1 ×, 3 ×, 6 ×), or a scan of the filter's slots when that costs less.
 WIDE = 4
-#: A scan of int8 codes costs about as much as a walk with a view this many times fewer slots (200k × 512, ad hoc:
-#: 0.13-0.17 µs a row, 3.5 µs a view slot); at equal cost the scan is chosen: it misses nothing, the walk may.
-SCAN_ROWS_PER_VIEW = 25
+#: A scan costs about as much as a walk with a view this many times fewer slots than the rows it scores, plus a pass
+#: over the bitmap of every slot at 1/80 of a row each (200k × 512, ad hoc: ~0.2 µs a scattered row, ~2.5 ns a slot,
+#: ~3.5 µs a slot of a walk's view); a little in the scan's favour: it misses nothing, the walk may.
+SCAN_ROWS_PER_VIEW = 20
+SCAN_SLOTS_PER_ROW = 80
 #: The beam's best by the graph's distance that are re-scored: 2 × targetHits, and at least targetHits + this.
 RESCORE_EXTRA = 16
 #: A scan scores the best by code from float32: this many × targetHits, and at least targetHits + SCAN_EXTRA (as
 #: exact search, it has no beam: exploreAdditionalHits does not count).
 SCAN_SHORTLIST = 4
 SCAN_EXTRA = 64
-#: Below this many passing rows (8 MiB of float32 at 512 dims) exact search costs no more than a scan (200k × 512,
-#: ad hoc: 2,000 rows 0.28 ms exact, 0.37 scanned; 10,000 rows 3.5 and 1.6 ms).
-SCAN_MIN_ROWS = 4096
-#: From this share of the slots passing, a scan is faiss's over the filter's bitmap rather than a gather of the rows'
-#: codes (200k × 512, ad hoc: 20,000 rows spread over the collection 1.4-1.7 ms against 2.6-4.5; faiss's pass over
-#: the bitmap costs ~2.5 ns a slot, the gather ~50-130 ns a row).
-SCAN_BITMAP_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -347,11 +341,9 @@ class VectorIndex:
         rows = len(doc_of_slot)
         filtered = None if allowed is None else self.slot_filter(allowed, rows)
         n_candidates = self.live if filtered is None else filtered.count
-        if approximate is False or n_candidates <= max(exact_threshold, k):
+        if (approximate is False or n_candidates <= max(exact_threshold, k)
+                or (filtered is not None and n_candidates < APPROXIMATE_THRESHOLD * self.live)):
             plan = "exact"
-        elif filtered is not None and n_candidates < APPROXIMATE_THRESHOLD * self.live:
-            # a scan reads the graph's codes (none built: the rows); few rows cost no more than their codes
-            plan = "exact" if self.graph is None or n_candidates < SCAN_MIN_ROWS else "scan"
         else:
             plan = "hnsw"
             beam = self._beam(doc_of_slot, q, k, explore, filtered, n_candidates)
@@ -418,11 +410,7 @@ class VectorIndex:
         short = max(SCAN_SHORTLIST * k, k + SCAN_EXTRA)
         if covered <= short:
             return slots
-        if covered >= SCAN_BITMAP_SHARE * len(graph):  # faiss's scan, over the filter's bitmap
-            best = np.sort(graph.scan(q, short, filtered.bitmap(min(len(graph), len(filtered.mask)))))
-        else:  # a gather of the passing rows' codes
-            scores = graph.code_scores(q, slots[:covered])
-            best = slots[np.sort(np.argpartition(-scores, short - 1)[:short])]
+        best = np.sort(graph.scan(q, short, filtered.bitmap(min(len(graph), len(filtered.mask)))))
         return np.concatenate([best, slots[covered:]])  # in slot order: the rows read in file order
 
     def _beam(self, doc_of_slot: np.ndarray, q: np.ndarray, k: int, explore: int, filtered: SlotFilter | None,
@@ -449,7 +437,7 @@ class VectorIndex:
                 if len(keys) >= want and not self._follows(graph, filtered.mask, keys, share):
                     return keys[:best]
                 walk = max(walk, wide)  # the filter follows the vectors here (or passes few near the query)
-                if n_candidates <= SCAN_ROWS_PER_VIEW * walk:
+                if n_candidates + rows / SCAN_SLOTS_PER_ROW <= SCAN_ROWS_PER_VIEW * walk:
                     return None  # a scan of its slots costs less than the wide walk
         while True:
             keys = graph.search(q, best, ef=ef, allow=allow, walk=walk)

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from clipseek import hnsw, vectors
+from clipseek import vectors
 from clipseek.collection import Collection, Document, Filter
 from clipseek.errors import (
     CollectionLockedError,
@@ -256,27 +256,26 @@ def test_a_filter_that_follows_the_vectors_does_not_lose_hits_to_the_narrow_walk
     assert found / 600 >= 0.98, found
 
 
-@pytest.mark.parametrize("chunk_rows", [7, None])
-def test_a_filter_below_the_approximate_threshold_scans_codes_and_scores_the_best_rows(sided, monkeypatch,
-                                                                                     chunk_rows):
-    """Below Vespa's approximate-threshold (5 %) a filter's documents are not walked to but all scored: from their
-    int8 codes (a chunk at a time, the last one short), then the best few times targetHits from their float32
-    rows, so hits and relevance are exact search's."""
+def test_a_scan_finds_exact_searchs_hits_and_relevance(sided):
+    """A scan ranks the filter's documents by their int8 codes and scores the best few times targetHits from
+    their float32 rows: the hits and relevance of exact search."""
     c, data, height, queries = sided
-    monkeypatch.setattr(vectors, "SCAN_MIN_ROWS", 100)  # (4,096 rows in use: a large collection's)
-    if chunk_rows:
-        monkeypatch.setattr(hnsw, "SCAN_BYTES", 4 * data.shape[1] * chunk_rows)
-    keep = (np.arange(len(data)) % 100 < 3) & (height < 90)  # ~2.7 %: 216 documents, more than targetHits + 64
-    flt = Filter(max_width=2, max_height=89)
+    keep = height <= 9
     unit_rows = data / np.linalg.norm(data, axis=1, keepdims=True)
-    for q in queries[:20]:
-        res = c.search(q, field="f_image", hits=10, target_hits=10, filter=flt)
-        assert res.plan == "scan" and [h.docid for h in res.hits] == exact_hits(data, keep, q)
+    scanned = 0
+    for q in queries:
+        res = c.search(q, field="f_image", hits=10, target_hits=10, explore_additional_hits=38,
+                       filter=Filter(max_height=9))
+        if res.plan != "scan":
+            continue
+        scanned += 1
+        assert [h.docid for h in res.hits] == exact_hits(data, keep, q)
         cos = unit_rows[[int(h.docid) for h in res.hits]] @ (q / np.linalg.norm(q))
         assert [h.relevance for h in res.hits] == pytest.approx(1 / (1 + np.arccos(np.clip(cos, -1, 1))), abs=1e-6)
-    # targetHits 60: 4 × 60 is more than all of them, every one scored from its row, as in exact search
-    res = c.search(queries[0], field="f_image", hits=60, target_hits=60, filter=flt)
-    assert res.plan == "exact" and [h.docid for h in res.hits] == exact_hits(data, keep, queries[0], 60)
+    assert scanned >= 30, scanned
+    # targetHits 200: 4 × 200 is more than all 800 of them, every one scored from its row, as in exact search
+    res = c.search(queries[0], field="f_image", hits=200, target_hits=200, filter=Filter(max_height=9))
+    assert res.plan == "exact" and [h.docid for h in res.hits] == exact_hits(data, keep, queries[0], 200)
 
 
 def test_yql_nearest_neighbor_with_predicates(coll):
