@@ -4,8 +4,9 @@ Vectors in, hits out; nothing here knows about image files or HTTP. Search has V
 ``nearestNeighbor`` operator matches the ``targetHits`` closest documents that pass the other conditions of its
 conjunction (filters are applied *before* choosing neighbours, so a filter never costs hits that exist), and
 relevance is ``closeness`` for the angular distance metric, ``1 / (1 + arccos(cos))``. The plan is exact search
-for small candidate sets, a scan for heavily filtered ones (every passing document ranked by its int8 code, the
-best scored exactly) and HNSW otherwise (:mod:`clipseek.vectors`); ``approximate: false`` forces exact.
+for small or heavily filtered candidate sets and HNSW otherwise, or a scan (every passing document ranked by its
+int8 code, the best scored exactly) for a filter that follows the vectors near the query (:mod:`clipseek.vectors`);
+``approximate: false`` forces exact.
 
 Who does what: :class:`Collection` (this module) opens, locks and orders writes; :mod:`clipseek.documents` holds
 every SQL statement; :mod:`clipseek.vectors` one field's rows and its exact/HNSW search; :mod:`clipseek.matching`
