@@ -56,9 +56,10 @@ GATHER_BYTES = 1 << 20  # scattered rows are scored this many bytes at a time
 #: passing the documents of one side of the collection went past 4 for 100 % of queries at 5 %, 82 % at 30 %, 52 % at
 #: 50 %.) A filter passing more than FOLLOWS_CHECKED of the slots is not checked: the walk sees enough of them.
 FOLLOWS_Z = 4.0
-#: The beam's best whose links are the check's sample (~800 distinct slots). The whole beam's at a beam of 128 cost
-#: ~105 µs a query, 13 % of its walk (ad hoc, 200k × 512, a 50 % filter; ~35 µs at a beam of 48).
-FOLLOWS_SAMPLE = 32
+#: The beam's best whose links are the check's sample (~1,200 distinct slots). The whole beam's at a beam of 128 cost
+#: ~105 µs a query, 13 % of its walk (ad hoc, 200k × 512, a 50 % filter; ~35 µs at a beam of 48). Fewer weaken it:
+#: with 32, bench/filters.py's one-sided filters kept recall 0.976 / 0.971 at 30 / 50 % (0.982 / 0.979 with 48).
+FOLLOWS_SAMPLE = 48
 FOLLOWS_CHECKED = 0.75
 #: The view for a filter that follows the vectors: this many × ef / p (200k × 512, one passing the documents to one
 #: side of the collection, an ad hoc check: recall@10 0.91, 0.96 at 10 % with 1 ×, 2 ×; 0.90, 0.98, 0.99 at 30 % with
