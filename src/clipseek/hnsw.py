@@ -198,13 +198,19 @@ class AnnIndex:
             allow = np.ascontiguousarray(allow, dtype=np.uint8)
             selector = faiss.IDSelectorBitmap(len(allow), faiss.swig_ptr(allow))  # held until the search returns
             params.sel = selector
+        return self._nearest_of(self._index, query, width, params)
+
+    def _nearest_of(self, index: Any, query: np.ndarray, width: int, params: Any) -> np.ndarray:
+        """The ``width`` slots ``index`` (the graph, or its code array) finds nearest the query, nearest first;
+        faiss's own call, without its wrapper's checks (the arrays are made right here)."""
+        faiss = self._faiss
         query_code = self._query(query)
         distances = np.empty(width, dtype=np.float32)
         keys = np.empty(width, dtype=np.int64)
         _omp_threads(faiss, 1)
-        with self._lock:  # faiss's own call, without its wrapper's checks (the arrays are made right here)
-            self._index.search_c(1, faiss.swig_ptr(query_code), width, faiss.swig_ptr(distances),
-                                 faiss.swig_ptr(keys), params)
+        with self._lock:
+            index.search_c(1, faiss.swig_ptr(query_code), width, faiss.swig_ptr(distances), faiss.swig_ptr(keys),
+                           params)
         return keys if keys[-1] >= 0 else keys[keys >= 0]
 
     def _code_rows(self, slots: np.ndarray) -> np.ndarray:
@@ -229,15 +235,9 @@ class AnnIndex:
         allow = np.ascontiguousarray(allow, dtype=np.uint8)
         params = faiss.SearchParameters()
         params.sel = selector = faiss.IDSelectorBitmap(len(allow), faiss.swig_ptr(allow))  # held for the call
-        query_code = self._query(query)
-        distances = np.empty(width, dtype=np.float32)
-        keys = np.empty(width, dtype=np.int64)
-        _omp_threads(faiss, 1)
-        with self._lock:
-            self._index.storage.search_c(1, faiss.swig_ptr(query_code), width, faiss.swig_ptr(distances),
-                                         faiss.swig_ptr(keys), params)
+        keys = self._nearest_of(self._index.storage, query, width, params)
         del selector
-        return keys if keys[-1] >= 0 else keys[keys >= 0]
+        return keys
 
     def codes(self, slots: np.ndarray) -> np.ndarray:
         """The int8 codes of the rows at ``slots``."""
