@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from ..indexer import Indexer
     from ..watch import FolderWatcher
 
+DIGITS = 6  # a relevance as --json prints it, and as --min-relevance compares it
+
 collection_option = click.option(
     "--collection", "collection_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     envvar="CLIPSEEK_COLLECTION", show_envvar=True,
@@ -156,7 +158,8 @@ def hyperlink(path: str) -> str:
               help="date: the relevant hits (--min-relevance; among the 400 most relevant), newest first.")
 @click.option("--min-relevance", type=float, default=None, metavar="R",
               help="Leave out hits whose relevance is below R. Relevance is Vespa's closeness for angular "
-                   "distance, 1/(1 + angle in radians): 1 for the same direction, 0.5 at cosine 0.54.")
+                   "distance, 1/(1 + angle in radians): 1 for the same direction, 0.5 at cosine 0.54. It is "
+                   "compared as --json prints it (6 decimals): a relevance copied from the output keeps its hit.")
 @click.option("-k", "--hits", "k", default=10, show_default=True, help="Number of results.")
 @click.option("--model", default=None, help="Model whose vectors to search [default: the collection's].")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON (for scripts).")
@@ -203,7 +206,7 @@ def search_command(text: str | None, image: Path | None, negatives: tuple[str, .
             vector = l2_normalize(vector - 0.5 * encoder.embed_texts(list(negatives)).sum(axis=0)).astype(np.float32)
         fetch = 400 if sort == "date" else min(k * 3, 400) if collapse else k
         result = coll.search(vector, field=field, hits=fetch, model=encoder.image_ref, filter=wanted)
-        hits = [h for h in result.hits if min_relevance is None or h.relevance >= min_relevance]
+        hits = [h for h in result.hits if min_relevance is None or round(h.relevance, DIGITS) >= min_relevance]
         if sort == "date":
             hits.sort(key=lambda h: -(h.fields.get("taken") or float("-inf")))
         if collapse:
@@ -216,7 +219,7 @@ def search_command(text: str | None, image: Path | None, negatives: tuple[str, .
     if as_json:
         click.echo(json.dumps({"query": text or str(image), "not": list(negatives), "model": encoder.spec.name,
                                "field": field, "total": result.total_count, "hits": [
-                                   {"rank": i + 1, "id": h.docid, "relevance": round(h.relevance, 6),
+                                   {"rank": i + 1, "id": h.docid, "relevance": round(h.relevance, DIGITS),
                                     "path": h.fields.get("path")} for i, h in enumerate(hits)]}, indent=1))
         return
     if paths_only:
