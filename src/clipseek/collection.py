@@ -50,13 +50,14 @@ from .summaries import SUMMARY_FIELDS, Summaries
 from .vectors import APPROXIMATE_THRESHOLD, FieldInfo, Neighbors, VectorIndex
 
 __all__ = ["APPROXIMATE_THRESHOLD", "DEFAULT_TARGET_HITS", "DOCUMENT_TYPE", "FILTER_COLUMNS", "MAX_HITS", "MAX_OFFSET",
-           "MAX_TARGET_HITS", "Collection", "Document", "FieldInfo", "Filter", "Hit", "SearchResult", "check_attribute",
-           "check_docid", "check_count"]
+           "MAX_TARGET_HITS", "RELEVANCE_DIGITS", "Collection", "Document", "FieldInfo", "Filter", "Hit",
+           "SearchResult", "check_attribute", "check_docid", "check_count"]
 
 DOCUMENT_TYPE = "image_search"
 MAX_HITS = 400
 MAX_TARGET_HITS = 10_000
 MAX_OFFSET = 1000
+RELEVANCE_DIGITS = 6  # decimals of a hit's relevance in the CLI's --json and the native API's hits
 DEFAULT_TARGET_HITS = 100  # as the TextEmbeddingSearcher of Vespa's text-image sample app; a small beam costs recall
 MAX_ID_BYTES = 1024  # a document id's UTF-8 length (Vespa allows 64 KiB; ours name photos)
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # a stored vector's squared length must stay below it
@@ -99,6 +100,11 @@ class Hit:
     relevance: float
     fields: dict[str, Any]
     namespace: str | None = None  # the document's own, when it was fed under another than the collection's
+
+    def shown_relevance(self) -> float:
+        """The relevance as the CLI's ``--json`` and the native API print it, and as their thresholds compare it:
+        a relevance copied from the output keeps its own hit (0.462936 may be 0.4629355)."""
+        return round(self.relevance, RELEVANCE_DIGITS)
 
 
 @dataclass

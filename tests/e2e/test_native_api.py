@@ -59,6 +59,11 @@ def test_text_search_and_hit_shape(setup):
     assert not {h["id"] for h in page2["hits"]} & {h["id"] for h in body["hits"]}
     strict = client.get("/api/search", params={"q": caption, "k": 5, "threshold": 0.99}).json()
     assert strict["hits"] == []
+    # a relevance copied from the answer as the threshold keeps its own hit (compared as printed)
+    scores = [h["relevance"] for h in client.get("/api/search", params={"q": caption, "k": 40}).json()["hits"]]
+    for cut in scores[1::4]:
+        kept = client.get("/api/search", params={"q": caption, "k": 40, "threshold": cut}).json()["hits"]
+        assert len(kept) == sum(s >= cut for s in scores) and 0 < len(kept) < len(scores), cut
 
 
 def test_more_like_this_upload_and_weighted_terms(setup):

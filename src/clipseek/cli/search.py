@@ -20,8 +20,6 @@ if TYPE_CHECKING:
     from ..indexer import Indexer
     from ..watch import FolderWatcher
 
-DIGITS = 6  # a relevance as --json prints it, and as --min-relevance compares it
-
 collection_option = click.option(
     "--collection", "collection_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     envvar="CLIPSEEK_COLLECTION", show_envvar=True,
@@ -206,7 +204,7 @@ def search_command(text: str | None, image: Path | None, negatives: tuple[str, .
             vector = l2_normalize(vector - 0.5 * encoder.embed_texts(list(negatives)).sum(axis=0)).astype(np.float32)
         fetch = 400 if sort == "date" else min(k * 3, 400) if collapse else k
         result = coll.search(vector, field=field, hits=fetch, model=encoder.image_ref, filter=wanted)
-        hits = [h for h in result.hits if min_relevance is None or round(h.relevance, DIGITS) >= min_relevance]
+        hits = [h for h in result.hits if min_relevance is None or h.shown_relevance() >= min_relevance]
         if sort == "date":
             hits.sort(key=lambda h: -(h.fields.get("taken") or float("-inf")))
         if collapse:
@@ -219,7 +217,7 @@ def search_command(text: str | None, image: Path | None, negatives: tuple[str, .
     if as_json:
         click.echo(json.dumps({"query": text or str(image), "not": list(negatives), "model": encoder.spec.name,
                                "field": field, "total": result.total_count, "hits": [
-                                   {"rank": i + 1, "id": h.docid, "relevance": round(h.relevance, DIGITS),
+                                   {"rank": i + 1, "id": h.docid, "relevance": h.shown_relevance(),
                                     "path": h.fields.get("path")} for i, h in enumerate(hits)]}, indent=1))
         return
     if paths_only:

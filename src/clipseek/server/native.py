@@ -125,7 +125,7 @@ def run(request: Request, coll: Collection, field: str, model: str, vector: np.n
     wanted = MAX_HITS if by_date else min(k * 3, MAX_HITS) if collapse else k
     res = coll.search(vector, field=field, hits=wanted, offset=0 if by_date else min(offset, 1000),
                       filter=filters(params), model=encoder_for(request)(model).image_ref)
-    hits = [h for h in res.hits if threshold is None or h.relevance >= threshold]
+    hits = [h for h in res.hits if threshold is None or h.shown_relevance() >= threshold]
     if by_date:  # the relevant ones (above the threshold), newest first
         hits.sort(key=lambda h: -(h.fields.get("taken") or float("-inf")))
     if collapse:  # one hit per group of near-duplicates; only files the server would serve are read
@@ -134,7 +134,7 @@ def run(request: Request, coll: Collection, field: str, model: str, vector: np.n
     hits = hits[offset: offset + k] if by_date else hits[:k]
     return {"query": query, "model": model, "field": field, "total": res.total_count, "documents": res.documents,
             "took_ms": round((time.perf_counter() - started) * 1000, 2), "hits": [
-                {"id": h.docid, "relevance": round(h.relevance, 6), **h.fields,
+                {"id": h.docid, "relevance": h.shown_relevance(), **h.fields,
                  "url": f"/api/images/{h.docid}", "thumbnail": f"/api/thumbnails/{h.docid}"} for h in hits]}
 
 def combine(request: Request, coll: Collection, field: str, model: str, terms: list[Any],
