@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import tempfile
 import time
@@ -88,6 +87,20 @@ def _pop(keys: np.ndarray, ids: np.ndarray, n: int) -> int:
     return n
 
 
+@nb.njit(inline="always")
+def _consider(v: int, d: float, ef: int, cand_k: np.ndarray, cand_i: np.ndarray, nc: int, res_k: np.ndarray,
+              res_i: np.ndarray, nr: int) -> tuple[int, int]:
+    """A passing slot at similarity ``d``: into the candidates and the beam, when the beam has room or ``d`` beats
+    its worst; the two new counts."""
+    if nr < ef or d > res_k[0]:
+        if nc < len(cand_k):
+            nc = _push(cand_k, cand_i, nc, -d, v)
+        nr = _push(res_k, res_i, nr, d, v)
+        if nr > ef:
+            nr = _pop(res_k, res_i, nr)
+    return nc, nr
+
+
 @nb.njit(fastmath=True)
 def walk(q: np.ndarray, codes: np.ndarray, residuals: np.ndarray, links: np.ndarray, starts: np.ndarray,
          cum: np.ndarray, entry: int, top_level: int, ef: int, allow: np.ndarray, filtered: bool,
@@ -141,21 +154,9 @@ def walk(q: np.ndarray, codes: np.ndarray, residuals: np.ndarray, links: np.ndar
                     if visited[u] == stamp or not allow[u]:
                         continue
                     visited[u] = stamp
-                    d = _dot(codes, u, q) - offset
-                    if nr < ef or d > res_k[0]:
-                        if nc < cap:
-                            nc = _push(cand_k, cand_i, nc, -d, u)
-                        nr = _push(res_k, res_i, nr, d, u)
-                        if nr > ef:
-                            nr = _pop(res_k, res_i, nr)
+                    nc, nr = _consider(u, _dot(codes, u, q) - offset, ef, cand_k, cand_i, nc, res_k, res_i, nr)
                 continue
-            d = _dot(codes, v, q) - offset
-            if nr < ef or d > res_k[0]:
-                if nc < cap:
-                    nc = _push(cand_k, cand_i, nc, -d, v)
-                nr = _push(res_k, res_i, nr, d, v)
-                if nr > ef:
-                    nr = _pop(res_k, res_i, nr)
+            nc, nr = _consider(v, _dot(codes, v, q) - offset, ef, cand_k, cand_i, nc, res_k, res_i, nr)
     order = np.argsort(-res_k[:nr])[:rescored]
     slots = res_i[:nr][order]
     cos = np.empty(len(slots), np.float32)
@@ -219,8 +220,8 @@ def main() -> None:
     rank[np.argsort(along)] = np.arange(args.n) * 100 // args.n  # 0-99: the percentile along the direction
     widths = np.arange(args.n) % 100
     scattered = np.random.default_rng(2).permutation(args.n) * 100 // args.n  # 0-99 at random
-    work = Path(tempfile.mkdtemp())
-    try:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
         coll = Collection.create(work / "c", exact_threshold=0)
         coll.add_field(FIELD, "ViT-B/32", DIM)
         for i in range(0, args.n, 10_000):
@@ -277,8 +278,6 @@ def main() -> None:
                       f"{recall(e_found, exact):7.4f}   {p_p50 * 1e3:10.2f} ms {p_p50 / base_p:6.1f}x "
                       f"{recall(p_found, exact):7.4f}")
         coll.close()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
