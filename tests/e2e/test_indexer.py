@@ -263,6 +263,8 @@ def test_cli_search_options_not_in_min_relevance_paths_only_open(tmp_path, tiny)
     sub.mkdir()
     for name in [n for n in sorted(os.listdir(gallery / "images")) if n.endswith(".png")][:10]:
         os.rename(gallery / "images" / name, sub / name)
+    odd = sub / "two\nlines.png"  # a file name with a newline: --paths-only -0 keeps it whole
+    os.rename(sub / sorted(os.listdir(sub))[0], odd)
     coll = tmp_path / "coll"
     runner = CliRunner()
     assert runner.invoke(main, ["index", str(gallery / "images"), "--collection", str(coll), "--model", "tiny"]
@@ -281,8 +283,13 @@ def test_cli_search_options_not_in_min_relevance_paths_only_open(tmp_path, tiny)
     got = [h["path"] for h in json.loads(search("--not", "blue", "--json", "-k", "5"))["hits"]]
     assert got == want and got != [h["path"] for h in json.loads(search("--json", "-k", "5"))["hits"]]
 
-    paths = search("--in", str(sub), "--paths-only", "-k", "40").splitlines()
-    assert paths == inside and len(paths) == 10 and all(p.startswith(str(sub) + "/") for p in paths)
+    whole = search("--in", str(sub), "--paths-only", "-0", "-k", "40")
+    paths = whole.split("\0")
+    assert paths.pop() == "" and paths == inside and len(paths) == 10 and str(odd) in paths
+    assert all(p.startswith(str(sub) + "/") for p in paths)
+    assert len(search("--in", str(sub), "--paths-only", "-k", "40").splitlines()) == 11  # the newline splits one
+    refused = runner.invoke(main, ["search", "a red circle", "--collection", str(coll), "-0"])
+    assert refused.exit_code == 2 and "add --paths-only" in refused.output
 
     # a relevance copied from the output as the threshold keeps its own hit (it is compared as printed)
     scores = [h["relevance"] for h in json.loads(search("--json", "-k", "40"))["hits"]]

@@ -164,21 +164,24 @@ def hyperlink(path: str) -> str:
 @click.option("--collapse", is_flag=True, help="Show one photo of each group of near-duplicates (the best-ranked; "
                                                "as `clipseek duplicates` groups them).")
 @click.option("--paths-only", is_flag=True, help="Print only the paths, one per line (for xargs and friends).")
+@click.option("-0", "--null", "null", is_flag=True,
+              help="With --paths-only: end each path with a NUL byte, not a newline, for xargs -0 (a file name may "
+                   "hold a newline).")
 @click.option("--open", "open_", is_flag=True, help="Open the best hit in the system's image viewer.")
 @collection_option
 @runtime_options
 def search_command(text: str | None, image: Path | None, negatives: tuple[str, ...], folder: Path | None,
                    formats: str | None, since: str | None, until: str | None, camera: str | None,
                    near: str | None, sort: str, min_relevance: float | None, k: int, model: str | None, as_json: bool,
-                   collapse: bool, paths_only: bool, open_: bool, collection_dir: Path | None, backend: str,
-                   precision: str, device: str) -> None:
+                   collapse: bool, paths_only: bool, null: bool, open_: bool, collection_dir: Path | None,
+                   backend: str, precision: str, device: str) -> None:
     """Find the images that best match TEXT (or --image FILE).
 
     \b
       clipseek search "a dog running on a beach"
       clipseek search "a beach" --not people --not umbrellas --in ~/Pictures/2024
       clipseek search --image ~/Pictures/cat.jpg -k 5 --json
-      clipseek search "receipts" --min-relevance 0.25 --paths-only | xargs -d '\\n' ls -l
+      clipseek search "receipts" --min-relevance 0.25 --paths-only -0 | xargs -0 ls -l
       clipseek search "birthday cake" --since 2023-01-01 --camera iphone --sort date --min-relevance 0.45
     """
     import numpy as np
@@ -190,6 +193,8 @@ def search_command(text: str | None, image: Path | None, negatives: tuple[str, .
         raise click.UsageError("give a TEXT to search for, or --image FILE (not both)")
     if as_json and paths_only:
         raise click.UsageError("--json and --paths-only are two output formats: choose one")
+    if null and not paths_only:
+        raise click.UsageError("-0/--null ends each path of --paths-only with a NUL byte: add --paths-only")
     wanted = Filter(folder=str(folder.expanduser().resolve()) if folder else None,
                     formats=[f.strip().upper() for f in formats.split(",") if f.strip()] if formats else None,
                     taken_from=_date(since, "--since", end=False), taken_to=_date(until, "--until", end=True),
@@ -222,7 +227,7 @@ def search_command(text: str | None, image: Path | None, negatives: tuple[str, .
         return
     if paths_only:
         for h in hits:
-            click.echo(str(h.fields.get("path", h.docid)))
+            click.echo(str(h.fields.get("path", h.docid)) + ("\0" if null else "\n"), nl=False)
         return
     if not hits:
         click.echo("no results")
