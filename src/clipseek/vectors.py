@@ -428,9 +428,8 @@ class VectorIndex:
         best = min(ef, max(2 * k, k + RESCORE_EXTRA))  # those of the beam re-scored
         want = min(best, n_candidates)  # as Vespa: a walk until the beam holds enough that pass (live, in the filter)
         share = max(n_candidates, 1) / rows
-        walk = math.ceil(ef / share)  # a view of ~ef slots that pass, as Vespa's walk until it holds ef that pass
-        wide = WIDE * walk
-        walk *= 2 if share < FILTER_FIRST_THRESHOLD else 1
+        view = math.ceil(ef / share)  # ~ef slots that pass, as Vespa's walk until it holds ef that pass
+        walk = 2 * view if share < FILTER_FIRST_THRESHOLD else view
         if filtered is None:
             allow = self.live_bitmap(rows)
         else:  # the filter's live slots: the graph is walked through the others, which are never returned
@@ -440,7 +439,7 @@ class VectorIndex:
                 keys = keys[keys < rows]
                 if len(keys) >= want and not self._follows(graph, filtered.mask, keys, share):
                     return keys[:best]
-                walk = max(walk, wide)  # the filter follows the vectors here (or passes few near the query)
+                walk = max(walk, WIDE * view)  # the filter follows the vectors here (or passes few near the query)
                 if n_candidates + rows / SCAN_SLOTS_PER_ROW <= SCAN_ROWS_PER_VIEW * walk:
                     return None  # a scan of its slots costs less than the wide walk
         while True:

@@ -232,7 +232,7 @@ def exact_hits(data, keep, q, k=10):
     return [str(i) for i in order[keep[order]][:k]]
 
 
-def test_a_filter_that_follows_the_vectors_does_not_lose_hits_to_the_narrow_walk(sided):
+def test_a_filter_that_follows_the_vectors_does_not_lose_hits_to_the_walk(sided):
     """A walk through the graph keeps a view sized for a filter independent of the vectors. A filter passing the
     documents furthest to one side leaves that walk, which heads for the query, few of them to see (recall@10 here
     ~0.97 at 30 %, ~0.99 at 50 %): the beam's links pass such a filter more often than chance allows, and the
