@@ -5,12 +5,15 @@ Distances follow Vespa's ``angular`` metric: ``d = arccos(q·a / (|q||a|))`` in 
 Vespa's ``closeness = 1 / (1 + d)``.
 
 The HNSW graph only proposes candidates. It is faiss's ``IndexHNSWSQ`` over int8 codes of the L2-normalised
-vectors (``QT_8bit_direct_signed``: faiss stores the codes we make, it does not re-quantise them), scaled so the
-field's largest components (ignoring 1 in 100,000, which saturate) use the whole int8 range, compared by inner
-product with the query, which is the cosine up to quantisation noise. faiss compares in the integer domain: it
-truncates the query's components to integers, so the query is first scaled to the int8 range and rounded.
-(Codes at a fixed × 127 would leave a 512-dim unit vector's components, ~0.04, ±20 of the ±127: 200k × 512, the
-graph's own top 10 had recall 0.81 that way, 0.95 scaled.)
+vectors, scaled so the field's largest components (ignoring 1 in 100,000, which saturate) use the whole int8 range,
+compared by inner product with the query, which is the cosine up to quantisation noise. (Codes at a fixed × 127
+would leave a 512-dim unit vector's components, ~0.04, ±20 of the ±127: 200k × 512, the graph's own top 10 had
+recall 0.81 that way, 0.95 scaled.) faiss holds them as ``QT_8bit_uniform`` codes whose range is set here, not
+trained: the byte ``c + 128`` decodes to exactly ``c / (127 × scale)``, so faiss stores the codes we make (it is
+given them decoded and encodes them back to the same bytes) and compares them with the float32 query as it is.
+(Snapshots of format 4 hold the same bytes as ``QT_8bit_direct_signed``, whose distance rounds the query to
+integers first; they are loaded as uniform codes. At 200k × 512, an ad hoc check on one snapshot: the walk
+1.15-1.3 × as fast at beams 24-48, its own top 10 a little nearer, recall 0.9647 against 0.9622 at beam 40.)
 
 A search walks with a beam of targetHits + exploreAdditionalHits candidates and its best, by the graph's int8
 distance, are re-scored (the best 2 × targetHits, at least targetHits + 16: at 200k × 512, beam 48, targetHits 10,
@@ -62,13 +65,15 @@ def closeness(cosine: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + angle)
 
 
-#: 4: faiss IndexHNSWSQ (<field>.<n>.faiss); 3: usearch + the residuals; 2: int8 codes made here; 1: codes usearch
-#: made from float32 (× 127). A snapshot of another format is never loaded: the graph is rebuilt from the rows.
-SNAPSHOT_FORMAT = "faiss-hnsw-sq8-ip-4"
+#: 5: faiss IndexHNSWSQ, uniform codes (<field>.<n>.faiss); 4: the same bytes as direct signed codes (read as
+#: uniform ones); 3: usearch + the residuals; 2: int8 codes made here; 1: codes usearch made from float32 (× 127).
+#: A snapshot of another format is never loaded: the graph is rebuilt from the rows.
+SNAPSHOT_FORMAT = "faiss-hnsw-sq8u-ip-5"
+READABLE_FORMATS = (SNAPSHOT_FORMAT, "faiss-hnsw-sq8-ip-4")
 SUFFIX = ".faiss"
 LEGACY_SUFFIXES = (".usearch",)  # older clipseek's snapshots, removed when a new one is saved
 RESIDUAL_STEPS = 16  # a residual counts sixteenths of a code step, stored as 0..15 (that is -8..7), two a byte
-CODE_OFFSET = 128  # faiss's QT_8bit_direct_signed stores an int8 code c as the byte c + 128
+CODE_OFFSET = 128  # faiss stores an int8 code c as the byte c + 128
 ADD_CHUNK = 65_536  # rows coded and added at a time
 _threads = threading.local()  # per calling thread: OpenMP's thread count (one for a search, all for an add), and
 # the search parameters reused by its unfiltered searches
@@ -95,9 +100,11 @@ class AnnIndex:
         self.is_view = False
         self._covered = 0
         self._lock = threading.Lock()
-        self._index = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit_direct_signed,
-                                        params.max_links_per_node, faiss.METRIC_INNER_PRODUCT)
+        self._index = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit_uniform, params.max_links_per_node,
+                                        faiss.METRIC_INNER_PRODUCT)
         self._index.hnsw.efConstruction = params.neighbors_to_explore_at_insert
+        if scale is not None:
+            self._set_range()
         self._code_bytes: np.ndarray = np.zeros((0, dim), dtype=np.uint8)  # faiss's code array, in place (code + 128)
         # the graph's links, in place: slot s's bottom-layer neighbours are _links[_link_starts[s] + _level0] (-1: none)
         self._links: np.ndarray = np.zeros(0, dtype=np.int32)
@@ -107,6 +114,22 @@ class AnnIndex:
 
     def __len__(self) -> int:
         return self._covered
+
+    @property
+    def step(self) -> float:
+        """What one code step is of a normalised component: a code ``c`` stands for ``c × step``."""
+        return 1.0 / (127.0 * (self.scale or 1.0))
+
+    def _set_range(self) -> None:
+        """faiss's codes as uniform 8-bit ones over [-128.5, 126.5] steps: byte ``b`` decodes to ``(b - 128) ×
+        step``, and ``c × step`` encodes to ``c + 128`` (faiss truncates ``(x - min) / width × 255``: c + 128.5)."""
+        faiss, step = self._faiss, self.step
+        for index in (self._index, self._index.storage):
+            index.is_trained = True
+        storage = faiss.downcast_index(self._index.storage)
+        storage.sq.qtype = faiss.ScalarQuantizer.QT_8bit_uniform
+        storage.sq.set_derived_sizes()
+        faiss.copy_array_to_vector(np.array([-128.5 * step, 255.0 * step], dtype=np.float32), storage.sq.trained)
 
     def _codes(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """int8 codes (as float32, what faiss is given) of the normalised rows (components × scale × 127, rounded,
@@ -158,20 +181,13 @@ class AnnIndex:
             for start in range(self._covered, upto, ADD_CHUNK):  # chunks: codes, not a float32 copy, in memory
                 end = min(start + ADD_CHUNK, upto)
                 codes, residuals = self._codes(rows[start:end])
+                if not self._index.is_trained:  # the first rows set the scale
+                    self._set_range()
                 self._residuals[start:end] = residuals
+                codes *= np.float32(self.step)  # decoded: faiss encodes them back to these codes
                 self._index.add(codes)  # faiss numbers them ntotal, ntotal + 1, ...: the slots
                 self._covered = end
             self._map_codes()
-
-    def _query(self, query: np.ndarray) -> np.ndarray:
-        """The query for the graph walk: scaled so its largest component is ±127, and rounded. faiss compares a
-        float query with these codes in the integer domain, truncating each component to an integer; a query
-        already whole and spread over the int8 range loses the least (an ad hoc check at 200k × 512: the walk's
-        own top 10 went from recall 0.958 to 0.965 at beam 48, against a query at the codes' scale, truncated)."""
-        q = np.asarray(query, dtype=np.float32)
-        top = float(np.abs(q).max()) if q.size else 0.0
-        code: np.ndarray = np.rint(q * np.float32(127.0 / top if top > 0 else 0.0))
-        return code[None]
 
     def search(self, query: np.ndarray, count: int, ef: int, allow: np.ndarray | None = None,
                walk: int | None = None) -> np.ndarray:
@@ -204,13 +220,12 @@ class AnnIndex:
         """The ``width`` slots ``index`` (the graph, or its code array) finds nearest the query, nearest first;
         faiss's own call, without its wrapper's checks (the arrays are made right here)."""
         faiss = self._faiss
-        query_code = self._query(query)
+        q = np.ascontiguousarray(query, dtype=np.float32)
         distances = np.empty(width, dtype=np.float32)
         keys = np.empty(width, dtype=np.int64)
         _omp_threads(faiss, 1)
         with self._lock:
-            index.search_c(1, faiss.swig_ptr(query_code), width, faiss.swig_ptr(distances), faiss.swig_ptr(keys),
-                           params)
+            index.search_c(1, faiss.swig_ptr(q), width, faiss.swig_ptr(distances), faiss.swig_ptr(keys), params)
         return keys if keys[-1] >= 0 else keys[keys >= 0]
 
     def _code_rows(self, slots: np.ndarray) -> np.ndarray:
@@ -323,6 +338,7 @@ class AnnIndex:
                 continue
             if (isinstance(index._index, index._faiss.IndexHNSWSQ) and index._index.d == dim
                     and index._index.ntotal == covered):
+                index._set_range()  # (a format-4 snapshot's direct signed codes: the same bytes, read as uniform)
                 index.is_view, index._covered = view, covered
                 index._map_codes()
                 return index
@@ -330,10 +346,10 @@ class AnnIndex:
 
 
 def snapshot_meta(path: Path) -> dict[str, Any] | None:
-    """The snapshot's meta when the snapshot is of this format and its files match their checksums; else None."""
+    """The snapshot's meta when it is of a format this version reads and its files match their checksums; else None."""
     try:
         meta: dict[str, Any] = json.loads(path.with_suffix(".json").read_text())
-        if meta.get("format") != SNAPSHOT_FORMAT:
+        if meta.get("format") not in READABLE_FORMATS:
             return None
         with ThreadPoolExecutor(2) as pool:  # zlib and file reads release the GIL: the two files at once
             graph_crc, residuals_crc = pool.map(file_crc32, (path, path.with_suffix(".r4")))

@@ -73,3 +73,51 @@ def test_a_damaged_or_missing_residual_file_is_never_loaded(tmp_path):
     assert AnnIndex.load(tmp_path, "f", 16, PARAMS) is None
     residuals.unlink()
     assert AnnIndex.load(tmp_path, "f", 16, PARAMS) is None
+
+
+def test_faiss_holds_the_codes_made_here_and_compares_them_with_the_query_as_it_is():
+    """The codes go to faiss decoded and come back as the same bytes; its scan ranks by the float query's dot product
+    with them (no rounding of the query)."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3000, 48)).astype(np.float32)
+    x[5] *= 40  # a long row: the codes are of the normalised rows
+    x[9, 3] = 1e4  # one component far beyond the rest: saturates at +127
+    x[10, 4] = -1e4  # and at -127
+    graph = AnnIndex(48, PARAMS)
+    graph.extend(x, len(x))
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    want = np.clip(np.rint(unit * np.float32(127 * graph.scale)), -127, 127).astype(np.int8)
+    assert np.array_equal(graph.codes(np.arange(len(x))), want)
+    assert graph.codes(np.asarray([9]))[0, 3] == 127 and graph.codes(np.asarray([10]))[0, 4] == -127
+    for q in rng.standard_normal((5, 48)).astype(np.float32):
+        order = np.argsort(-(want.astype(np.float64) @ q), kind="stable")[:20]
+        assert graph.scan(q, 20, np.packbits(np.ones(len(x), bool), bitorder="little")).tolist() == order.tolist()
+
+
+def test_a_snapshot_of_format_4_is_read_as_the_same_codes(tmp_path):
+    """Format 4 stored the same bytes as faiss's direct signed codes: it is loaded, not rebuilt, and finds the same."""
+    import json
+
+    import faiss
+
+    from clipseek.checksums import file_crc32
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1200, 32)).astype(np.float32)
+    graph = AnnIndex(32, PARAMS)
+    graph.extend(x, len(x))
+    snapshot = graph.save(tmp_path, "f")
+    old = faiss.read_index(str(snapshot))
+    storage = faiss.downcast_index(old.storage)
+    storage.sq.qtype = faiss.ScalarQuantizer.QT_8bit_direct_signed
+    storage.sq.set_derived_sizes()
+    storage.sq.trained.resize(0)  # (direct codes have no range)
+    faiss.write_index(old, str(snapshot))
+    meta = json.loads(snapshot.with_suffix(".json").read_text())
+    meta.update(format="faiss-hnsw-sq8-ip-4", crc32=file_crc32(snapshot))
+    snapshot.with_suffix(".json").write_text(json.dumps(meta))
+    loaded = AnnIndex.load(tmp_path, "f", 32, PARAMS)
+    assert loaded is not None and len(loaded) == 1200
+    assert np.array_equal(loaded.codes(np.arange(1200)), graph.codes(np.arange(1200)))
+    for q in rng.standard_normal((10, 32)).astype(np.float32):
+        assert loaded.search(q, 10, 32).tolist() == graph.search(q, 10, 32).tolist()
