@@ -13,7 +13,7 @@ trained: the byte ``c + 128`` decodes to exactly ``c / (127 × scale)``, so fais
 given them decoded and encodes them back to the same bytes) and compares them with the float32 query as it is.
 (Snapshots of format 4 hold the same bytes as ``QT_8bit_direct_signed``, whose distance rounds the query to
 integers first; they are loaded as uniform codes. At 200k × 512, an ad hoc check on one snapshot: the walk
-1.15-1.3 × as fast at beams 24-48, its own top 10 a little nearer, recall 0.9647 against 0.9622 at beam 40.)
+1.1-1.4 × as fast at beams 24-48, its own top 10 a little nearer, recall 0.9647 against 0.9622 at beam 40.)
 
 A search walks with a beam of targetHits + exploreAdditionalHits candidates and its best, by the graph's int8
 distance, are re-scored (the best 2 × targetHits, at least targetHits + 16: at 200k × 512, beam 48, targetHits 10,
