@@ -132,8 +132,8 @@ class AnnIndex:
         faiss.copy_array_to_vector(np.array([-128.5 * step, 255.0 * step], dtype=np.float32), storage.sq.trained)
 
     def _codes(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """int8 codes (as float32, what faiss is given) of the normalised rows (components × scale × 127, rounded,
-        saturated at ±127) and their packed 4-bit residuals."""
+        """int8 codes (as float32; faiss is given them × step) of the normalised rows (components × scale × 127,
+        rounded, saturated at ±127) and their packed 4-bit residuals."""
         x = np.array(rows, dtype=np.float32, ndmin=2)
         norms = np.linalg.norm(x, axis=1, keepdims=True)
         x /= np.where(norms > 0, norms, 1.0)
