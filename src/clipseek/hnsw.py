@@ -27,8 +27,9 @@ The relevance of an HNSW hit is therefore the cosine to about 1e-4, not to float
 (``approximate: false``, or the planner's choice) reads the float32 rows.
 
 Besides the walk, the graph lends its codes to a scan (:meth:`AnnIndex.scan`: a filter's rows ranked from a quarter
-of their float32 bytes) and its bottom-layer links (:meth:`AnnIndex.neighbours`) to the check of whether a filter
-follows the vectors.
+of their float32 bytes), its bottom-layer links (:meth:`AnnIndex.neighbours`) to the check of whether a filter
+follows the vectors, and its codes and links, in place, to the filter-first walk (:meth:`AnnIndex.filter_first`,
+:mod:`clipseek.filter_first`).
 
 The graph's ids are the field's slots (rows of its vector file, appended in order; faiss numbers added vectors
 in order), so it grows by appending the rows past the ones it covers. Removed or replaced documents leave dead
@@ -110,6 +111,11 @@ class AnnIndex:
         self._links: np.ndarray = np.zeros(0, dtype=np.int32)
         self._link_starts: np.ndarray = np.zeros(1, dtype=np.int64)
         self._level0: np.ndarray = np.zeros(0, dtype=np.int64)  # a node's bottom-layer positions in _links
+        # where each layer's links start in a node's run of _links (layer l: _cum[l] .. _cum[l + 1]), the entry
+        # point and its layer: what the filter-first walk reads besides the codes and links
+        self._cum: np.ndarray = np.zeros(1, dtype=np.int64)
+        self._entry, self._top = -1, -1
+        self._scratch = threading.local()  # per thread: the filter-first walk's visited marks and its walk count
         self._residuals = np.zeros((0, (dim + 1) // 2), dtype=np.uint8)  # capacity ≥ covered rows
 
     def __len__(self) -> int:
@@ -167,6 +173,9 @@ class AnnIndex:
             starts = np.asarray(faiss.rev_swig_ptr(hnsw.offsets.data(), hnsw.offsets.size()))
             self._link_starts = starts.view(np.int64)  # size_t offsets, far below 2^63
         self._level0 = np.arange(hnsw.cum_nb_neighbors(0), hnsw.cum_nb_neighbors(1))
+        levels = hnsw.cum_nneighbor_per_level
+        self._cum = np.array([levels.at(i) for i in range(levels.size())], dtype=np.int64)
+        self._entry, self._top = int(hnsw.entry_point), int(hnsw.max_level)
 
     def extend(self, rows: np.ndarray, upto: int) -> None:
         """Add ``rows[len(self):upto]`` (the slots past the ones covered), using all cores."""
@@ -215,6 +224,28 @@ class AnnIndex:
             selector = faiss.IDSelectorBitmap(len(allow), faiss.swig_ptr(allow))  # held until the search returns
             params.sel = selector
         return self._nearest_of(self._index, query, width, params)
+
+    def filter_first(self, query: np.ndarray, ef: int, allow: np.ndarray) -> np.ndarray:
+        """The beam of ``ef`` slots that ``allow`` (a bool per slot; slots past its end fail) passes, nearest first
+        by the graph's approximate distance, from the filter-first walk (:mod:`clipseek.filter_first`), which walks
+        through passing slots only: fewer only when the walk reaches fewer."""
+        from . import filter_first
+
+        if self._covered == 0 or ef <= 0:
+            return np.zeros(0, dtype=np.int64)
+        scratch = self._scratch
+        visited = getattr(scratch, "visited", None)
+        if visited is None or len(visited) < self._covered:
+            visited = scratch.visited = np.zeros(max(self._covered, 1024), dtype=np.uint32)
+            scratch.stamp = 0
+        scratch.stamp += 1
+        if scratch.stamp >= 2**32:  # the marks wrap: start again from clean ones
+            visited[:] = 0
+            scratch.stamp = 1
+        allow = np.ascontiguousarray(allow, dtype=np.bool_)
+        with self._lock:  # faiss's arrays, in place: a writer's add may move them
+            return filter_first.walk(query, self._code_bytes, self._links, self._link_starts, self._cum,
+                                     self._entry, self._top, ef, allow, visited, scratch.stamp)
 
     def _nearest_of(self, index: Any, query: np.ndarray, width: int, params: Any) -> np.ndarray:
         """The ``width`` slots ``index`` (the graph, or its code array) finds nearest the query, nearest first;

@@ -17,12 +17,15 @@ filter is applied *before* choosing neighbours, so a filter never costs hits tha
 - ``hnsw`` (:mod:`clipseek.hnsw`): the graph walks with a beam of targetHits + exploreAdditionalHits candidates,
   and its best (2 × targetHits, at least targetHits + 16) are re-scored from the graph's 12-bit codes (int8 + a
   4-bit residual: the cosine to about 1e-4), so an HNSW search never reads the float32 rows, which stay on disk.
-  A filter (and the dead slots) is applied inside the graph walk: it goes through every slot and keeps only
-  passing ones in its beam. A filter passing a share p of the slots needs a view of about ef / p for ef that pass
-  (Vespa's walk until it holds ef that pass), twice that below FILTER_FIRST_THRESHOLD. That is for a filter
-  independent of the vectors. One that follows them near the query (the documents of one side of the collection,
-  away from it) such a walk misses, and the beam's links tell: they pass such a filter more often than chance
-  allows. Then the view is WIDE × ef / p, or the passing slots are scanned when that costs less.
+  A filter (and the dead slots) is applied inside the graph walk. Below FILTER_FIRST_THRESHOLD the walk goes
+  through passing slots only (:mod:`clipseek.filter_first`, ACORN-1, as Vespa's filter-first walk; where numba is
+  installed): a neighbour that fails is replaced by its own neighbours that pass. Otherwise (or without numba)
+  faiss's walk goes through every slot and keeps only passing ones in its beam: a filter passing a share p of the
+  slots needs a view of about ef / p for ef that pass (Vespa's walk until it holds ef that pass), twice that below
+  FILTER_FIRST_THRESHOLD. Both are sized for a filter independent of the vectors. One that follows them near the
+  query (the documents of one side of the collection, away from it) such walks miss, and the beam's links tell:
+  they pass such a filter more often than chance allows. Then faiss's walk with a view of WIDE × ef / p, or a
+  scan of the passing slots when that costs less.
 
 Publication order, which concurrent searches rely on: a new slot's norm and row are in place before any
 document maps to it, and a search works on one snapshot of ``doc_of_slot`` (replaced, never grown in place).
@@ -30,6 +33,7 @@ document maps to it, and a search works on one snapshot of ``doc_of_slot`` (repl
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import threading
 from dataclasses import dataclass
@@ -49,6 +53,14 @@ APPROXIMATE_THRESHOLD = 0.05  # Vespa's default approximate-threshold: below it,
 #: passing documents and the nearest lie in clusters such a walk does not reach; it is not used. Vespa decides its
 #: filtered strategies by the same hit ratio (its filter-first-threshold, 0 by default, turns on ACORN-1).
 FILTER_FIRST_THRESHOLD = 0.3
+#: Whether filtered walks below FILTER_FIRST_THRESHOLD go through passing slots only (:mod:`clipseek.filter_first`,
+#: compiled by numba, imported on first use), rather than through every slot with a view of 2 × ef / p.
+FILTER_FIRST = importlib.util.find_spec("numba") is not None
+#: Below this share the filter-first walk's beam is widened by (FILTER_FIRST_FULL / p)²: passing slots two hops
+#: apart get fewer, and its recall falls (200k × 512, bench/ann.py's data, 200 queries, beam 44, an ad hoc check:
+#: recall@10 0.97-0.98 at 5 % with the beam as it is, 0.989-0.990 with it doubled, 0.995 with it × 4; 0.997-0.999
+#: at 7-10 % either way).
+FILTER_FIRST_FULL = 0.1
 GATHER_BYTES = 1 << 20  # scattered rows are scored this many bytes at a time
 #: A filter "follows the vectors" near a query when the slots the beam links to pass it more often than an independent
 #: filter's could by chance: by this many standard deviations of a binomial count at the filter's share. (200k × 512,
@@ -434,9 +446,13 @@ class VectorIndex:
             allow = self.live_bitmap(rows)
         else:  # the filter's live slots: the graph is walked through the others, which are never returned
             allow = filtered.bitmap(rows)
-            if share < FOLLOWS_CHECKED:  # first the view a filter independent of the vectors needs
-                keys = graph.search(q, ef, ef=ef, allow=allow, walk=walk)  # the whole beam: its links tell
-                keys = keys[keys < rows]
+            if share < FOLLOWS_CHECKED:  # first the walk a filter independent of the vectors needs
+                if share < FILTER_FIRST_THRESHOLD and FILTER_FIRST:  # through passing slots only
+                    beam = ef if share >= FILTER_FIRST_FULL else math.ceil(ef * (FILTER_FIRST_FULL / share) ** 2)
+                    keys = graph.filter_first(q, beam, filtered.mask[:rows])
+                else:  # through every slot, in the view a share p needs
+                    keys = graph.search(q, ef, ef=ef, allow=allow, walk=walk)
+                keys = keys[keys < rows]  # the whole beam: its links tell whether the filter follows the vectors
                 if len(keys) >= want and not self._follows(graph, filtered.mask, keys, share):
                     return keys[:best]
                 walk = max(walk, WIDE * view)  # the filter follows the vectors here (or passes few near the query)
