@@ -168,6 +168,15 @@ if HAVE_NUMBA:
         return res_i[:nr][order]
 
 
+    @njit(nogil=True, fastmath=True, cache=True)
+    def _scores(q: np.ndarray, codes: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """The codes' inner product with ``q`` at ``slots`` (less the same constant for every slot)."""
+        out = np.empty(len(slots), np.float32)
+        for t in range(len(slots)):
+            out[t] = dot(codes, slots[t], q)
+        return out
+
+
 def available() -> bool:
     """Whether the walk can run here (numba installed)."""
     return HAVE_NUMBA
@@ -184,3 +193,13 @@ def walk(query: np.ndarray, codes: np.ndarray, links: np.ndarray, starts: np.nda
     q = np.ascontiguousarray(query, dtype=np.float32)
     found: np.ndarray = _walk(q, codes, links, starts, cum, entry, top_level, ef, allow, visited, np.uint32(stamp))
     return found
+
+
+def code_scores(query: np.ndarray, codes: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    """Scores that rank ``slots`` as the int8 codes' inner product with ``query`` does (each less the same
+    constant): the rows at the slots only, read where they lie, without faiss's pass over every slot's bit."""
+    if not HAVE_NUMBA:
+        raise RuntimeError("the code scan needs numba (pip install numba)")
+    q = np.ascontiguousarray(query, dtype=np.float32)
+    scores: np.ndarray = _scores(q, codes, np.ascontiguousarray(slots, dtype=np.int64))
+    return scores

@@ -285,6 +285,18 @@ class AnnIndex:
         del selector
         return keys
 
+    def scan_slots(self, query: np.ndarray, count: int, slots: np.ndarray) -> np.ndarray:
+        """The ``count`` of ``slots`` (covered ones) nearest by their int8 codes, in no particular order: the rows at
+        the slots alone are read (:func:`clipseek.filter_first.code_scores`), where :meth:`scan` checks every
+        slot's bit (~2.5 ns a slot: 2.5 ms at a million) before it scores the passing ones."""
+        from . import filter_first
+
+        if count >= len(slots):
+            return slots
+        with self._lock:  # faiss's code array, in place: a writer's add may move it
+            scores = filter_first.code_scores(query, self._code_bytes, slots)
+        return slots[np.argpartition(-scores, count - 1)[:count]]
+
     def codes(self, slots: np.ndarray) -> np.ndarray:
         """The int8 codes of the rows at ``slots``."""
         return (self._code_rows(slots).astype(np.int16) - CODE_OFFSET).astype(np.int8)

@@ -9,11 +9,14 @@ Search is Vespa's: the ``k`` (targetHits) nearest live documents, optionally onl
 filter is applied *before* choosing neighbours, so a filter never costs hits that exist). Three plans:
 
 - ``exact``: every candidate scored from its float32 row — when the candidates are few (at most
-  ``exact_threshold`` or ``k``) or the query says ``approximate: false``.
-- ``scan``: a filter that follows the vectors (below), when that costs less than a wide walk: every passing
-  slot ranked from the graph's int8 code (faiss's scan of its code array), the best 4 × targetHits (at least
-  targetHits + 64) scored from their float32 rows — exact search's hits and relevance but for near-ties within
-  the codes' noise (~1e-3); ``exact`` when that shortlist is all of them.
+  ``exact_threshold`` or ``k``) or the query says ``approximate: false``; and for a filter passing less than
+  Vespa's approximate-threshold (5 %) where the graph is not built (or numba is missing), as Vespa does.
+- ``scan``: a filter passing less than the approximate-threshold, where the graph is built; or a filter that
+  follows the vectors (below), when that costs less than a wide walk: every passing slot ranked from the graph's
+  int8 code (their rows alone, :meth:`clipseek.hnsw.AnnIndex.scan_slots`; faiss's scan of its code array,
+  which checks every slot's bit, without numba), the best 4 × targetHits (at least targetHits + 64) scored from
+  their float32 rows — exact search's hits and relevance but for near-ties within the codes' noise (~1e-3);
+  ``exact`` when that shortlist is all of them.
 - ``hnsw`` (:mod:`clipseek.hnsw`): the graph walks with a beam of targetHits + exploreAdditionalHits candidates,
   and its best (2 × targetHits, at least targetHits + 16) are re-scored from the graph's 12-bit codes (int8 + a
   4-bit residual: the cosine to about 1e-4), so an HNSW search never reads the float32 rows, which stay on disk.
@@ -357,9 +360,12 @@ class VectorIndex:
         rows = len(doc_of_slot)
         filtered = None if allowed is None else self.slot_filter(allowed, rows)
         n_candidates = self.live if filtered is None else filtered.count
-        if (approximate is False or n_candidates <= max(exact_threshold, k)
-                or (filtered is not None and n_candidates < APPROXIMATE_THRESHOLD * self.live)):
+        if approximate is False or n_candidates <= max(exact_threshold, k):
             plan = "exact"
+        elif filtered is not None and n_candidates < APPROXIMATE_THRESHOLD * self.live:
+            # Vespa's exact search below its approximate-threshold; the same hits and relevance from a scan of the
+            # filter's int8 codes and float32 rows for the best of them, where the graph is there to lend its codes
+            plan = "scan" if FILTER_FIRST and self.graph is not None else "exact"
         else:
             plan = "hnsw"
             beam = self._beam(doc_of_slot, q, k, explore, filtered, n_candidates)
@@ -426,7 +432,10 @@ class VectorIndex:
         short = max(SCAN_SHORTLIST * k, k + SCAN_EXTRA)
         if covered <= short:
             return slots
-        best = np.sort(graph.scan(q, short, filtered.bitmap(min(len(graph), len(filtered.mask)))))
+        if FILTER_FIRST:  # the filter's rows alone
+            best = np.sort(graph.scan_slots(q, short, slots[:covered]))
+        else:  # faiss's scan: every slot's bit, then the passing rows
+            best = np.sort(graph.scan(q, short, filtered.bitmap(min(len(graph), len(filtered.mask)))))
         return np.concatenate([best, slots[covered:]])  # in slot order: the rows read in file order
 
     def _beam(self, doc_of_slot: np.ndarray, q: np.ndarray, k: int, explore: int, filtered: SlotFilter | None,

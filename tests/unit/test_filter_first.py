@@ -123,3 +123,21 @@ def test_the_engine_walks_small_shares_filter_first_and_keeps_exact_searchs_hits
     calls.update(ff=0, faiss=0)
     c.search(queries[0], field="f_image", hits=10, filter=Filter(max_width=29))
     assert calls["ff"] == 0 and calls["faiss"] > 0
+
+
+def test_a_filter_below_the_approximate_threshold_scans_its_own_rows_for_exact_searchs_hits(coll, monkeypatch):
+    """Below Vespa's approximate-threshold (5 %) the search is exact in Vespa. Where the graph is built, the
+    filter's rows alone are ranked by their int8 codes and the best few × targetHits scored from float32: exact
+    search's hits and relevance. Without numba, exact search itself, as without the graph."""
+    c, data, widths, rng = coll
+    queries = data[rng.integers(0, 8000, 30)] + rng.standard_normal((30, 32)).astype(np.float32) * 0.05
+    for q in queries:
+        for top in (0, 3):  # 1 % and 4 %: 80 and 320 documents, more than the 74 a scan scores from float32
+            res = c.search(q, field="f_image", hits=10, target_hits=10, filter=Filter(max_width=top))
+            exact = c.search(q, field="f_image", hits=10, target_hits=10, filter=Filter(max_width=top),
+                             approximate=False)
+            assert res.plan == "scan" and exact.plan == "exact"
+            assert [h.docid for h in res.hits] == [h.docid for h in exact.hits]
+            assert [h.relevance for h in res.hits] == pytest.approx([h.relevance for h in exact.hits], abs=1e-6)
+    monkeypatch.setattr(vectors, "FILTER_FIRST", False)
+    assert c.search(queries[0], field="f_image", hits=10, target_hits=10, filter=Filter(max_width=3)).plan == "exact"
