@@ -1,11 +1,14 @@
-"""A prototype, not the engine: what a filter-first walk (ACORN-1) over the collection's own graph would give the
-filtered searches that issue 16's target misses (a filter passing 10 %: p50 within 3 × the unfiltered search's).
+"""The prototype that sized the engine's filter-first walk (ACORN-1), beside the engine: what such a walk over the
+collection's own graph gives the filtered searches that issue 16's target missed (a filter passing 10 %: p50 within
+3 × the unfiltered search's).
 
-The engine walks a filtered search with faiss, through the slots the filter fails, in a view of ~2 × beam / share
+The engine walked a filtered search with faiss, through the slots the filter fails, in a view of ~2 × beam / share
 slots: ~10-15 × the unfiltered search's time at 10 %. ACORN-1 (Patel et al., SIGMOD 2024) walks only slots that
 pass: from each slot it expands, a neighbour that fails the filter is replaced by that neighbour's own neighbours
 that pass (two hops). faiss's Python API offers no such walk over an existing HNSW graph, and a walk in numpy costs
-microseconds a hop, so this prototype compiles one with numba (``pip install numba``; not a clipseek dependency).
+microseconds a hop, so this prototype compiles one with numba. The engine has walked this way since this prototype
+was measured (``clipseek/filter_first.py``: the same walk, with ACORN-1's limit of as many passing neighbours per
+expansion as a node has links, and a wider beam below 10 %), so the engine's column now shows it.
 
 It reads the collection's graph snapshot through faiss's public API (the ``.faiss`` file: links and int8 codes)
 and the residuals file beside it, walks with the query as float32 against the int8 codes, and re-scores the
@@ -37,7 +40,8 @@ from clipseek.collection import Collection, Document, Filter
 try:
     import numba as nb
 except ImportError:
-    raise SystemExit("bench/acorn.py compiles its walk with numba: pip install numba") from None
+    raise SystemExit("bench/acorn.py compiles its walk with numba, which installs with clipseek where it has "
+                     "wheels: pip install numba") from None
 
 import faiss
 
