@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ann import DIM, FIELD, dataset, exact_top, recall
+from clipseek import filter_first
 from clipseek.collection import Collection, Document, Filter
 
 try:
@@ -48,61 +49,8 @@ import faiss
 SHARES = (5, 10, 30)
 
 
-@nb.njit(inline="always", fastmath=True)
-def _dot(codes: np.ndarray, i: int, q: np.ndarray) -> float:
-    s = np.float32(0.0)
-    for j in range(codes.shape[1]):
-        s += np.float32(codes[i, j]) * q[j]
-    return s
-
-
-@nb.njit(inline="always")
-def _push(keys: np.ndarray, ids: np.ndarray, n: int, key: float, v: int) -> int:
-    """Onto a min-heap of n entries; the new count."""
-    i = n
-    keys[i], ids[i] = key, v
-    while i > 0:
-        p = (i - 1) >> 1
-        if keys[p] <= keys[i]:
-            break
-        keys[p], keys[i] = keys[i], keys[p]
-        ids[p], ids[i] = ids[i], ids[p]
-        i = p
-    return n + 1
-
-
-@nb.njit(inline="always")
-def _pop(keys: np.ndarray, ids: np.ndarray, n: int) -> int:
-    """Drop a min-heap's root; the new count."""
-    n -= 1
-    keys[0], ids[0] = keys[n], ids[n]
-    i = 0
-    while True:
-        c = 2 * i + 1
-        if c >= n:
-            break
-        if c + 1 < n and keys[c + 1] < keys[c]:
-            c += 1
-        if keys[i] <= keys[c]:
-            break
-        keys[c], keys[i] = keys[i], keys[c]
-        ids[c], ids[i] = ids[i], ids[c]
-        i = c
-    return n
-
-
-@nb.njit(inline="always")
-def _consider(v: int, d: float, ef: int, cand_k: np.ndarray, cand_i: np.ndarray, nc: int, res_k: np.ndarray,
-              res_i: np.ndarray, nr: int) -> tuple[int, int]:
-    """A passing slot at similarity ``d``: into the candidates and the beam, when the beam has room or ``d`` beats
-    its worst; the two new counts."""
-    if nr < ef or d > res_k[0]:
-        if nc < len(cand_k):
-            nc = _push(cand_k, cand_i, nc, -d, v)
-        nr = _push(res_k, res_i, nr, d, v)
-        if nr > ef:
-            nr = _pop(res_k, res_i, nr)
-    return nc, nr
+# the engine's own heap and scoring helpers (clipseek.filter_first), which this prototype's walk was the first of
+_dot, _push, _pop, _consider = filter_first.dot, filter_first.push, filter_first.pop, filter_first.consider
 
 
 @nb.njit(fastmath=True)
@@ -116,19 +64,7 @@ def walk(q: np.ndarray, codes: np.ndarray, residuals: np.ndarray, links: np.ndar
     for j in range(dim):
         qsum += q[j]
     offset = np.float32(128.0) * qsum  # codes are stored as code + 128
-    cur = entry
-    best = _dot(codes, cur, q) - offset
-    for level in range(top_level, 0, -1):  # greedy descent through the upper layers
-        moved = True
-        while moved:
-            moved = False
-            for p in range(starts[cur] + cum[level], starts[cur] + cum[level + 1]):
-                v = links[p]
-                if v < 0:
-                    break
-                d = _dot(codes, v, q) - offset
-                if d > best:
-                    best, cur, moved = d, v, True
+    cur, best = filter_first.descend(q, codes, links, starts, cum, entry, top_level, offset)
     cap = 64 * ef + 4096
     cand_k, cand_i = np.empty(cap, np.float32), np.empty(cap, np.int64)
     res_k, res_i = np.empty(ef + 1, np.float32), np.empty(ef + 1, np.int64)

@@ -94,19 +94,14 @@ if HAVE_NUMBA:
                 nr = pop(res_k, res_i, nr)
         return nc, nr
 
-    @njit(nogil=True, fastmath=True, cache=True)
-    def _walk(q: np.ndarray, codes: np.ndarray, links: np.ndarray, starts: np.ndarray, cum: np.ndarray, entry: int,
-             top_level: int, ef: int, allow: np.ndarray, visited: np.ndarray, stamp: np.uint32) -> np.ndarray:
-        """The beam of ``ef`` passing slots, nearest first by the codes' inner product with ``q``."""
-        dim = codes.shape[1]
-        rows, allowed = codes.shape[0], allow.shape[0]
-        qsum = np.float32(0.0)
-        for j in range(dim):
-            qsum += q[j]
-        offset = np.float32(_OFFSET) * qsum  # the bytes are code + 128
+    @njit(inline="always")
+    def descend(q: np.ndarray, codes: np.ndarray, links: np.ndarray, starts: np.ndarray, cum: np.ndarray, entry: int,
+                top_level: int, offset: Any) -> tuple[int, Any]:
+        """Greedy descent through the upper layers, as faiss's walk: the bottom layer's entry and its score."""
+        rows = codes.shape[0]
         cur = entry
         best = dot(codes, cur, q) - offset
-        for level in range(top_level, 0, -1):  # greedy descent through the upper layers, as faiss's walk
+        for level in range(top_level, 0, -1):
             moved = True
             while moved:
                 moved = False
@@ -119,6 +114,19 @@ if HAVE_NUMBA:
                     d = dot(codes, v, q) - offset
                     if d > best:
                         best, cur, moved = d, v, True
+        return cur, best
+
+    @njit(nogil=True, fastmath=True, cache=True)
+    def _walk(q: np.ndarray, codes: np.ndarray, links: np.ndarray, starts: np.ndarray, cum: np.ndarray, entry: int,
+             top_level: int, ef: int, allow: np.ndarray, visited: np.ndarray, stamp: np.uint32) -> np.ndarray:
+        """The beam of ``ef`` passing slots, nearest first by the codes' inner product with ``q``."""
+        dim = codes.shape[1]
+        rows, allowed = codes.shape[0], allow.shape[0]
+        qsum = np.float32(0.0)
+        for j in range(dim):
+            qsum += q[j]
+        offset = np.float32(_OFFSET) * qsum  # the bytes are code + 128
+        cur, best = descend(q, codes, links, starts, cum, entry, top_level, offset)
         cap = 64 * ef + 4096
         cand_k, cand_i = np.empty(cap, np.float32), np.empty(cap, np.int64)
         res_k, res_i = np.empty(ef + 1, np.float32), np.empty(ef + 1, np.int64)
