@@ -458,6 +458,7 @@ class VectorIndex:
             if share < FOLLOWS_CHECKED:  # first the walk a filter independent of the vectors needs
                 if share < FILTER_FIRST_THRESHOLD and FILTER_FIRST:  # through passing slots only
                     beam = ef if share >= FILTER_FIRST_FULL else math.ceil(ef * (FILTER_FIRST_FULL / share) ** 2)
+                    beam = min(beam, max(ef, n_candidates))  # (a share this small counts many dead slots)
                     keys = graph.filter_first(q, beam, filtered.mask[:rows])
                 else:  # through every slot, in the view a share p needs
                     keys = graph.search(q, ef, ef=ef, allow=allow, walk=walk)
