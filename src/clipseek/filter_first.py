@@ -17,8 +17,8 @@ and turns to a wide walk or a scan of the filter's documents.
 The walk is compiled with numba (a JIT compiler for numeric Python: a walk in numpy costs microseconds a hop, and
 faiss's Python API offers no such walk over an existing graph). It is compiled on first use and cached on disk
 (numba's cache, beside this module or in the user's cache folder), and only where numba is installed; elsewhere
-:func:`available` is False and filtered searches take faiss's walk. The walk ranks by the graph's int8 codes only;
-the caller re-scores the best as every HNSW search does.
+filtered searches take faiss's walk (:data:`clipseek.vectors.FILTER_FIRST`, which asks without importing numba).
+The walk ranks by the graph's int8 codes only; the caller re-scores the best as every HNSW search does.
 """
 
 from __future__ import annotations
@@ -27,9 +27,7 @@ from typing import Any
 
 import numpy as np
 
-#: faiss stores an int8 code ``c`` as the byte ``c + 128`` (:data:`clipseek.hnsw.CODE_OFFSET`)
-_OFFSET = 128.0
-
+from .hnsw import CODE_OFFSET  # faiss stores an int8 code c as the byte c + CODE_OFFSET
 
 try:  # the filter-first walk is compiled by numba where it is installed
     import numba
@@ -125,7 +123,7 @@ if HAVE_NUMBA:
         qsum = np.float32(0.0)
         for j in range(dim):
             qsum += q[j]
-        offset = np.float32(_OFFSET) * qsum  # the bytes are code + 128
+        offset = np.float32(CODE_OFFSET) * qsum  # the bytes are code + 128
         cur, best = descend(q, codes, links, starts, cum, entry, top_level, offset)
         cap = 64 * ef + 4096
         cand_k, cand_i = np.empty(cap, np.float32), np.empty(cap, np.int64)
@@ -175,7 +173,6 @@ if HAVE_NUMBA:
         order = np.argsort(-res_k[:nr], kind="mergesort")
         return res_i[:nr][order]
 
-
     @njit(nogil=True, fastmath=True, cache=True)
     def _scores(q: np.ndarray, codes: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """The codes' inner product with ``q`` at ``slots`` (less the same constant for every slot)."""
@@ -183,11 +180,6 @@ if HAVE_NUMBA:
         for t in range(len(slots)):
             out[t] = dot(codes, slots[t], q)
         return out
-
-
-def available() -> bool:
-    """Whether the walk can run here (numba installed)."""
-    return HAVE_NUMBA
 
 
 def walk(query: np.ndarray, codes: np.ndarray, links: np.ndarray, starts: np.ndarray, cum: np.ndarray, entry: int,

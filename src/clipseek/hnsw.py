@@ -172,9 +172,8 @@ class AnnIndex:
             self._links = np.asarray(faiss.rev_swig_ptr(hnsw.neighbors.data(), hnsw.neighbors.size()))
             starts = np.asarray(faiss.rev_swig_ptr(hnsw.offsets.data(), hnsw.offsets.size()))
             self._link_starts = starts.view(np.int64)  # size_t offsets, far below 2^63
-        self._level0 = np.arange(hnsw.cum_nb_neighbors(0), hnsw.cum_nb_neighbors(1))
-        levels = hnsw.cum_nneighbor_per_level
-        self._cum = np.array([levels.at(i) for i in range(levels.size())], dtype=np.int64)
+        self._cum = faiss.vector_to_array(hnsw.cum_nneighbor_per_level).astype(np.int64)
+        self._level0 = np.arange(self._cum[0], self._cum[1])
         self._entry, self._top = int(hnsw.entry_point), int(hnsw.max_level)
 
     def extend(self, rows: np.ndarray, upto: int) -> None:

@@ -454,20 +454,20 @@ class VectorIndex:
         if filtered is None:
             allow = self.live_bitmap(rows)
         else:  # the filter's live slots: the graph is walked through the others, which are never returned
-            allow = filtered.bitmap(rows)
             if share < FOLLOWS_CHECKED:  # first the walk a filter independent of the vectors needs
                 if share < FILTER_FIRST_THRESHOLD and FILTER_FIRST:  # through passing slots only
                     beam = ef if share >= FILTER_FIRST_FULL else math.ceil(ef * (FILTER_FIRST_FULL / share) ** 2)
                     beam = min(beam, max(ef, n_candidates))  # (a share this small counts many dead slots)
                     keys = graph.filter_first(q, beam, filtered.mask[:rows])
                 else:  # through every slot, in the view a share p needs
-                    keys = graph.search(q, ef, ef=ef, allow=allow, walk=walk)
+                    keys = graph.search(q, ef, ef=ef, allow=filtered.bitmap(rows), walk=walk)
                 keys = keys[keys < rows]  # the whole beam: its links tell whether the filter follows the vectors
                 if len(keys) >= want and not self._follows(graph, filtered.mask, keys, share):
                     return keys[:best]
                 walk = max(walk, WIDE * view)  # the filter follows the vectors here (or passes few near the query)
                 if n_candidates + rows / SCAN_SLOTS_PER_ROW <= SCAN_ROWS_PER_VIEW * walk:
                     return None  # a scan of its slots costs less than the wide walk
+            allow = filtered.bitmap(rows)
         while True:
             keys = graph.search(q, best, ef=ef, allow=allow, walk=walk)
             keys = keys[keys < rows]
