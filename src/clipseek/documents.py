@@ -219,12 +219,7 @@ class DocumentStore:
 
     def fill(self, doc_ids: list[int]) -> dict[int, Summary]:
         """(docid, namespace, summary fields) of each document that exists."""
-        conn = self.conn()
-        conn.row_factory = None  # plain tuples: the summary path runs once per query
-        try:
-            return self.summaries.fill(conn, doc_ids)
-        finally:
-            conn.row_factory = sqlite3.Row
+        return self.summaries.fill(self.conn, doc_ids)
 
     MATCHED_KEPT = 64  # predicates whose documents are kept (all dropped when full; 0: none kept)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import marshal
 import sqlite3
 import threading
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from .schema import NAMES
 
@@ -25,8 +25,18 @@ _SELECT = f"SELECT id, docid, namespace, {', '.join(SUMMARY_FIELDS)} FROM docume
 Summary = tuple[str, "str | None", dict[str, Any]]  # (docid, namespace or None for the collection's, fields)
 
 
-def _record(row: tuple[Any, ...]) -> bytes:
-    return marshal.dumps((row[1], row[2], tuple((c, v) for c, v in zip(SUMMARY_FIELDS, row[3:]) if v is not None)))
+def _summary(row: Sequence[Any]) -> Summary:
+    return row[1], row[2], {c: v for c, v in zip(SUMMARY_FIELDS, row[3:]) if v is not None}
+
+
+def _record(row: Sequence[Any]) -> bytes:
+    return marshal.dumps(_summary(row))  # loads gives the summary back, a fresh dict each time
+
+
+def _plain(conn: sqlite3.Connection) -> sqlite3.Cursor:
+    cursor = conn.cursor()
+    cursor.row_factory = None  # plain tuples, whatever the connection's factory
+    return cursor
 
 
 class Summaries:
@@ -53,31 +63,27 @@ class Summaries:
                 return 0
             return records.__sizeof__() + sum(len(r) + 33 + 28 for r in records.values())  # bytes and int headers
 
-    def fill(self, conn: sqlite3.Connection, doc_ids: list[int]) -> dict[int, Summary]:
-        """The summaries of those ``doc_ids`` that exist (``conn``: a read connection, plain tuple rows)."""
+    def fill(self, conn: Callable[[], sqlite3.Connection], doc_ids: list[int]) -> dict[int, Summary]:
+        """The summaries of those ``doc_ids`` that exist (``conn`` gives a read connection, asked for only when
+        SQLite is read)."""
         records = self._records
         if records is None:
             self._searches += 1
             if self._searches >= self.WARM_AFTER:
-                records = self._build(conn)
+                records = self._build(conn())
         if records is None:
             if not doc_ids:
                 return {}
-            rows = conn.execute(f"{_SELECT} WHERE id IN ({','.join('?' * len(doc_ids))})", doc_ids).fetchall()
-            return {r[0]: (r[1], r[2], {c: v for c, v in zip(SUMMARY_FIELDS, r[3:]) if v is not None}) for r in rows}
-        out: dict[int, Summary] = {}
-        for d in doc_ids:
-            record = records.get(d)
-            if record is not None:
-                docid, namespace, pairs = marshal.loads(record)
-                out[d] = (docid, namespace, dict(pairs))
-        return out
+            rows = _plain(conn()).execute(f"{_SELECT} WHERE id IN ({','.join('?' * len(doc_ids))})", doc_ids)
+            return {r[0]: _summary(r) for r in rows}
+        loads = marshal.loads
+        return {d: loads(record) for d in doc_ids if (record := records.get(d)) is not None}
 
     def _build(self, conn: sqlite3.Connection) -> dict[int, bytes] | None:
         with self._lock:
             if self._records is None:
                 generation = self._generation
-                records = {r[0]: _record(r) for r in conn.execute(_SELECT)}  # one statement: one snapshot
+                records = {r[0]: _record(r) for r in _plain(conn).execute(_SELECT)}  # one statement: one snapshot
                 if generation == self._generation:
                     self._records = records
             return self._records
@@ -91,8 +97,8 @@ class Summaries:
             ids = list(doc_ids)
             for i in range(0, len(ids), 500):
                 chunk = ids[i: i + 500]
-                for r in conn.execute(f"{_SELECT} WHERE id IN ({','.join('?' * len(chunk))})", chunk):
-                    records[r[0]] = _record(tuple(r))
+                for r in _plain(conn).execute(f"{_SELECT} WHERE id IN ({','.join('?' * len(chunk))})", chunk):
+                    records[r[0]] = _record(r)
 
     def removed(self, doc_id: int) -> None:
         with self._lock:
