@@ -7,7 +7,7 @@ slots: ~10-15 × the unfiltered search's time at 10 %. ACORN-1 (Patel et al., SI
 pass: from each slot it expands, a neighbour that fails the filter is replaced by that neighbour's own neighbours
 that pass (two hops). faiss's Python API offers no such walk over an existing HNSW graph, and a walk in numpy costs
 microseconds a hop, so this prototype compiles one with numba. The engine has walked this way since this prototype
-was measured (``clipseek/filter_first.py``: the same walk, with ACORN-1's limit of as many passing neighbours per
+was measured (``clipseek/walks.py``: the same walk, with ACORN-1's limit of as many passing neighbours per
 expansion as a node has links, and a wider beam below 10 %), so the engine's column now shows it.
 
 It reads the collection's graph snapshot through faiss's public API (the ``.faiss`` file: links and int8 codes)
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ann import DIM, FIELD, dataset, exact_top, recall
-from clipseek import filter_first
+from clipseek import hnsw, walks
 from clipseek.collection import Collection, Document, Filter
 
 try:
@@ -49,8 +49,8 @@ import faiss
 SHARES = (5, 10, 30)
 
 
-# the engine's own heap and scoring helpers (clipseek.filter_first), which this prototype's walk was the first of
-_dot, _push, _pop, _consider = filter_first.dot, filter_first.push, filter_first.pop, filter_first.consider
+# the engine's own heap and scoring helpers (clipseek.walks), which this prototype's walk was the first of
+_dot, _push, _pop, _consider = walks.dot, walks.push, walks.pop, walks.consider
 
 
 @nb.njit(fastmath=True)
@@ -64,7 +64,7 @@ def walk(q: np.ndarray, codes: np.ndarray, residuals: np.ndarray, links: np.ndar
     for j in range(dim):
         qsum += q[j]
     offset = np.float32(128.0) * qsum  # codes are stored as code + 128
-    cur, best = filter_first.descend(q, codes, links, starts, cum, entry, top_level, offset)
+    cur, best = walks.descend(q, codes, links, starts, cum, entry, top_level, offset)
     cap = 64 * ef + 4096
     cand_k, cand_i = np.empty(cap, np.float32), np.empty(cap, np.int64)
     res_k, res_i = np.empty(ef + 1, np.float32), np.empty(ef + 1, np.int64)
@@ -154,6 +154,7 @@ def main() -> None:
     ap.add_argument("--beam", type=int, default=44, help="targetHits 10 + exploreAdditionalHits (bench/ann.py's "
                                                           "beam for recall 0.99 at 200k)")
     args = ap.parse_args()
+    hnsw.load_walks()  # as `clipseek serve` does when it starts
     data, queries = dataset(args.n, args.queries)
     along = data @ np.random.default_rng(1).standard_normal(DIM).astype(np.float32)
     rank = np.empty(args.n, np.int64)

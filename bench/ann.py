@@ -1,5 +1,5 @@
-"""ANN search, side by side in one run: clipseek's collection (faiss HNSW over int8 codes + re-scoring) vs faiss
-IndexHNSWFlat.
+"""ANN search, side by side in one run: clipseek's collection (an HNSW graph over int8 codes built by faiss, walked by
+clipseek's compiled walk, + re-scoring) vs faiss IndexHNSWFlat.
 
     .venv/bin/python bench/ann.py [--n 200000] [--queries 1000] [--no-faiss]
 
@@ -9,9 +9,11 @@ returns, and a ``width`` of ``j % 100`` that the filtered searches use. Both ind
 effort 500. Searches run single-threaded over the same beam widths (clipseek: targetHits 10 +
 exploreAdditionalHits = the beam; faiss: efSearch), interleaved (best of 3 rounds). For each engine, the smallest
 beam reaching recall@10 ≥ 0.99 against exact float32 search is reported with its QPS. Beside them, clipseek's graph
-walk alone (its snapshot loaded as a bare ``AnnIndex``: faiss's walk over the int8 codes, no re-scoring, no hits)
-shows how much of a query is the walk, and the field's vector index alone (``VectorIndex.nearest``: the walk, the
-re-scoring of the beam's best and their order; no where-tree, no summaries, no hits) how much is the re-scoring.
+walk alone (its snapshot loaded as a bare ``AnnIndex``: the compiled walk over the int8 codes, no re-scoring, no
+hits; and the same walk by faiss, which a process takes before it loads the compiled walks) shows how much of a
+query is the walk, and the field's vector index alone (``VectorIndex.nearest``: the walk, the re-scoring of the
+beam's best and their order; no where-tree, no summaries, no hits) how much is the re-scoring. The process loads
+the compiled walks first, as ``clipseek serve`` does when it starts.
 
 Memory is measured, not added up: a fresh process per engine loads what a query needs (clipseek: the collection
 opened read-only, as ``clipseek serve`` opens it; faiss: its index file), runs the whole query sweep at that
@@ -41,6 +43,7 @@ from typing import Callable
 
 import numpy as np
 
+from clipseek import hnsw
 from clipseek.collection import Collection, Document, Filter
 from clipseek.hnsw import AnnIndex, HnswParams
 
@@ -91,7 +94,9 @@ def rss(): return int(open('/proc/self/statm').read().split()[1]) * 4096
 engine, path, queries, beam = sys.argv[1], sys.argv[2], np.load(sys.argv[3]), int(sys.argv[4])
 if engine == 'clipseek':
     import onnxruntime, faiss, sqlite3  # the libraries' own code is not the index's memory
+    from clipseek import hnsw
     from clipseek.collection import Collection
+    hnsw.load_walks()  # numba and the compiled walks' machine code: library code too, as a server loads it
     before = rss()
     c = Collection.open(path, readonly=True)
     for q in queries:
@@ -122,6 +127,7 @@ def main() -> None:
     ap.add_argument("--no-faiss", action="store_true", help="clipseek alone (a million rows: faiss's build is long)")
     ap.add_argument("--filtered-queries", type=int, default=200, help="queries timed per filter (p50)")
     args = ap.parse_args()
+    hnsw.load_walks()  # as `clipseek serve` does when it starts (a process would at its 32nd search)
     use_faiss = not args.no_faiss
     if use_faiss:
         import faiss
@@ -166,6 +172,13 @@ def main() -> None:
         assert walk is not None
         return [walk.search(q, 10, beam)[:10].tolist() for q in queries]
 
+    def sweep_faiss_walk(beam: int) -> list[list[int]]:  # the same walk by faiss (what it replaced)
+        hnsw.COMPILED = False
+        try:
+            return sweep_walk(beam)
+        finally:
+            hnsw.COMPILED = True
+
     vector_index = coll.vector_index(FIELD)
     row_of_doc = np.zeros(int(vector_index.doc_of_slot.max()) + 1, dtype=np.int64)
     row_of_doc[vector_index.doc_of_slot] = np.arange(args.n)  # the collection's document numbers -> rows of data
@@ -184,7 +197,7 @@ def main() -> None:
 
     # Interleaved on a shared (noisy) machine: per beam, clipseek then faiss, ROUNDS times; best time of each.
     # The first round's results give recall (both engines are deterministic for a given beam).
-    sweeps = {"clipseek": sweep_clipseek, "index": sweep_index, "walk": sweep_walk,
+    sweeps = {"clipseek": sweep_clipseek, "index": sweep_index, "walk": sweep_walk, "faiss walk": sweep_faiss_walk,
               **({"faiss": sweep_faiss} if use_faiss else {})}
     best_s: dict[tuple[str, int], float] = {}
     recalls: dict[tuple[str, int], float] = {}
@@ -206,18 +219,21 @@ def main() -> None:
 
     print(f"{'engine':<34} {'setting':<22} {'recall@10':>9} {'QPS':>8}")
     for beam, rec, qps in table["clipseek"]:
-        print(f"{'clipseek (faiss HNSW-SQ8 + rescore)':<34} {f'targetHits 10+{beam - 10}':<22} {rec:9.4f} {qps:8.0f}")
+        print(f"{'clipseek (HNSW-SQ8 + rescore)':<34} {f'targetHits 10+{beam - 10}':<22} {rec:9.4f} {qps:8.0f}")
     for beam, rec, qps in table["index"]:
         print(f"{'  its vector index alone (rescored)':<34} {f'beam {beam}':<22} {rec:9.4f} {qps:8.0f}")
     for beam, rec, qps in table["walk"]:
         print(f"{'  its graph walk alone (int8 order)':<34} {f'beam {beam}':<22} {rec:9.4f} {qps:8.0f}")
+    for beam, rec, qps in table["faiss walk"]:
+        print(f"{'  the same walk by faiss':<34} {f'beam {beam}':<22} {rec:9.4f} {qps:8.0f}")
     for ef, rec, qps in table.get("faiss", []):
         print(f"{'faiss IndexHNSWFlat f32':<34} {'efSearch ' + str(ef):<22} {rec:9.4f} {qps:8.0f}")
     c = best(table["clipseek"])
     walk_qps = dict((b, q) for b, _, q in table["walk"])[c[0]]
+    faiss_walk_qps = dict((b, q) for b, _, q in table["faiss walk"])[c[0]]
     index_qps = dict((b, q) for b, _, q in table["index"])[c[0]]
     print(f"at recall >= 0.99: clipseek {c[2]:.0f} QPS (beam {c[0]}, recall {c[1]:.4f}; at that beam its vector index "
-          f"alone {index_qps:.0f} QPS, its graph walk alone {walk_qps:.0f} QPS)", end="")
+          f"alone {index_qps:.0f} QPS, its graph walk alone {walk_qps:.0f} QPS, by faiss {faiss_walk_qps:.0f})", end="")
     if use_faiss:
         f = best(table["faiss"])
         print(f" vs faiss {f[2]:.0f} QPS (beam {f[0]}, recall {f[1]:.4f}): {c[2] / f[2]:.2f}x")

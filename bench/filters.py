@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ann import DIM, FIELD, dataset, exact_top, recall
+from clipseek import hnsw
 from clipseek.collection import Collection, Document, Filter
 
 SHARES = (5, 10, 30, 50)  # % of the documents a filter passes
@@ -38,6 +39,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--queries", type=int, default=200)
     args = ap.parse_args()
+    hnsw.load_walks()  # as `clipseek serve` does when it starts
     data, queries = dataset(args.n, args.queries)
     direction = np.random.default_rng(1).standard_normal(DIM).astype(np.float32)
     along = data @ direction

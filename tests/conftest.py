@@ -40,6 +40,16 @@ def need_module(name: str, install: str = "`make test` installs it (requirements
         raise
 
 
+@pytest.fixture(autouse=True, scope="session")
+def compiled_walks() -> None:
+    """Searches in the test process walk the graph as a server's do, with the compiled walks, from the first (a
+    process loads them on its own only at its WARM_AFTER-th graph search). faiss's walks, which a one-off search
+    takes, run in the CLI's processes and in the tests that turn the compiled ones off (tests/unit/test_walks.py)."""
+    from clipseek import hnsw
+
+    hnsw.load_walks()
+
+
 @pytest.fixture(autouse=True)
 def isolated_dirs(tmp_path_factory, monkeypatch):
     """Every test gets its own data home and model cache; nothing touches ~/.cache or ../shared."""

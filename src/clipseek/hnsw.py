@@ -28,8 +28,9 @@ The relevance of an HNSW hit is therefore the cosine to about 1e-4, not to float
 
 Besides the walk, the graph lends its codes to a scan (:meth:`AnnIndex.scan`: a filter's rows ranked from a quarter
 of their float32 bytes), its bottom-layer links (:meth:`AnnIndex.neighbours`) to the check of whether a filter
-follows the vectors, and its codes and links, in place, to the filter-first walk (:meth:`AnnIndex.filter_first`,
-:mod:`clipseek.filter_first`).
+follows the vectors, and its codes and links, in place, to the walks compiled by numba (:mod:`clipseek.walks`):
+the plain walk every search takes where numba is installed (faiss's own algorithm, which faiss's ``search`` runs
+elsewhere) and the filter-first walk (:meth:`AnnIndex.filter_first`).
 
 The graph's ids are the field's slots (rows of its vector file, appended in order; faiss numbers added vectors
 in order), so it grows by appending the rows past the ones it covers. Removed or replaced documents leave dead
@@ -39,6 +40,7 @@ slots in the graph; searches skip them, and slots outside a filter, inside the g
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import threading
@@ -76,6 +78,45 @@ LEGACY_SUFFIXES = (".usearch",)  # older clipseek's snapshots, removed when a ne
 RESIDUAL_STEPS = 16  # a residual counts sixteenths of a code step, stored as 0..15 (that is -8..7), two a byte
 CODE_OFFSET = 128  # faiss stores an int8 code c as the byte c + 128
 ADD_CHUNK = 65_536  # rows coded and added at a time
+#: Whether the walks compiled by numba (:mod:`clipseek.walks`: faiss's walk over faiss's arrays, about twice as
+#: fast, and the filter-first walk) may be loaded; asked without importing numba.
+COMPILED = importlib.util.find_spec("numba") is not None
+#: Graph searches a process makes with faiss's walks before it loads the compiled ones. Importing numba and loading
+#: the walks' machine code from numba's cache costs ~0.8 s (ad hoc, this project's build machine; compiling them
+#: into an empty cache ~6 s), far more than a one-off search saves (a few hundred µs at 200k): a ``clipseek search``
+#: never pays it; a server loads them as it starts (:func:`load_walks`), other processes at their 32nd search.
+WARM_AFTER = 32
+NO_BITMAP = np.zeros(0, dtype=np.uint8)  # the compiled walk's "every slot may be returned"
+_walks: Any = None  # clipseek.walks, once loaded
+_graph_searches = 0
+_walks_lock = threading.Lock()
+
+
+def loaded_walks() -> Any:
+    """:mod:`clipseek.walks`, once loaded (and not turned off by :data:`COMPILED`); None while faiss's walks run."""
+    return _walks if COMPILED else None
+
+
+def count_search() -> None:
+    """One more graph search in this process: the WARM_AFTER-th loads the compiled walks."""
+    global _graph_searches
+    _graph_searches += 1
+    if _graph_searches == WARM_AFTER:
+        load_walks()
+
+
+def load_walks() -> None:
+    """Import :mod:`clipseek.walks` and compile its walks, or load them from numba's cache (where numba is
+    installed); searches use them from then on. Thread-safe; at most once."""
+    global _walks
+    if not COMPILED or _walks is not None:
+        return
+    with _walks_lock:
+        if _walks is None:
+            from . import walks
+
+            walks.warm()
+            _walks = walks
 _threads = threading.local()  # per calling thread: OpenMP's thread count (one for a search, all for an add), and
 # the search parameters reused by its unfiltered searches
 
@@ -210,6 +251,14 @@ class AnnIndex:
             return np.zeros(0, dtype=np.int64)
         faiss = self._faiss
         view = min(max(ef, width, walk or 0), self._covered)
+        walks = loaded_walks()
+        if walks is not None:  # the same walk, compiled: it asks for a slot's neighbours' rows at once
+            bitmap = NO_BITMAP if allow is None else np.ascontiguousarray(allow, dtype=np.uint8)
+            visited, stamp = self._visited()
+            with self._lock:  # faiss's arrays, in place: a writer's add may move them
+                found: np.ndarray = walks.walk(query, self._code_bytes, self._links, self._link_starts, self._cum,
+                                               self._entry, self._top, view, width, bitmap, visited, stamp)
+            return found
         if allow is None:  # one parameter object per thread, reused (making one costs ~6 µs of a ~200 µs search)
             params = getattr(_threads, "params", None)
             if params is None:
@@ -226,12 +275,20 @@ class AnnIndex:
 
     def filter_first(self, query: np.ndarray, ef: int, allow: np.ndarray) -> np.ndarray:
         """The beam of ``ef`` slots that ``allow`` (a bool per slot; slots past its end fail) passes, nearest first
-        by the graph's approximate distance, from the filter-first walk (:mod:`clipseek.filter_first`), which walks
-        through passing slots only: fewer only when the walk reaches fewer."""
-        from . import filter_first
+        by the graph's approximate distance, from the filter-first walk (:func:`clipseek.walks.filter_first`),
+        which walks through passing slots only: fewer only when the walk reaches fewer."""
+        from . import walks
 
         if self._covered == 0 or ef <= 0:
             return np.zeros(0, dtype=np.int64)
+        allow = np.ascontiguousarray(allow, dtype=np.bool_)
+        visited, stamp = self._visited()
+        with self._lock:  # faiss's arrays, in place: a writer's add may move them
+            return walks.filter_first(query, self._code_bytes, self._links, self._link_starts, self._cum,
+                                      self._entry, self._top, ef, allow, visited, stamp)
+
+    def _visited(self) -> tuple[np.ndarray, int]:
+        """This thread's marks of the slots a compiled walk has seen, and the stamp that marks this walk's."""
         scratch = self._scratch
         visited = getattr(scratch, "visited", None)
         if visited is None or len(visited) < self._covered:
@@ -241,10 +298,7 @@ class AnnIndex:
         if scratch.stamp >= 2**32:  # the marks wrap: start again from clean ones
             visited[:] = 0
             scratch.stamp = 1
-        allow = np.ascontiguousarray(allow, dtype=np.bool_)
-        with self._lock:  # faiss's arrays, in place: a writer's add may move them
-            return filter_first.walk(query, self._code_bytes, self._links, self._link_starts, self._cum,
-                                     self._entry, self._top, ef, allow, visited, scratch.stamp)
+        return visited, scratch.stamp
 
     def _nearest_of(self, index: Any, query: np.ndarray, width: int, params: Any) -> np.ndarray:
         """The ``width`` slots ``index`` (the graph, or its code array) finds nearest the query, nearest first;
@@ -286,14 +340,14 @@ class AnnIndex:
 
     def scan_slots(self, query: np.ndarray, count: int, slots: np.ndarray) -> np.ndarray:
         """The ``count`` of ``slots`` (covered ones) nearest by their int8 codes, in no particular order: the rows at
-        the slots alone are read (:func:`clipseek.filter_first.code_scores`), where :meth:`scan` checks every
+        the slots alone are read (:func:`clipseek.walks.code_scores`), where :meth:`scan` checks every
         slot's bit (~2.5 ns a slot: 2.5 ms at a million) before it scores the passing ones."""
-        from . import filter_first
+        from . import walks
 
         if count >= len(slots):
             return slots
         with self._lock:  # faiss's code array, in place: a writer's add may move it
-            scores = filter_first.code_scores(query, self._code_bytes, slots)
+            scores = walks.code_scores(query, self._code_bytes, slots)
         return slots[np.argpartition(-scores, count - 1)[:count]]
 
     def codes(self, slots: np.ndarray) -> np.ndarray:
@@ -307,14 +361,18 @@ class AnnIndex:
         norm = float(np.dot(q, q)) ** 0.5
         if len(slots) == 0 or norm == 0:
             return np.zeros(len(slots), dtype=np.float32)
-        code_bytes = self._code_rows(slots)
+        walks = loaded_walks()
+        if walks is not None:
+            with self._lock:  # faiss's code array, in place: a writer's add may move it
+                cos: np.ndarray = walks.cosines(q, self._code_bytes, self._residuals, slots, self.step, RESIDUAL_STEPS)
+            return cos
         packed = self._residuals[slots]
         steps = q * np.float32(1.0 / RESIDUAL_STEPS)  # a nibble's weight; the nibbles count from -8
         high = steps[1::2]
         if len(high) < packed.shape[1]:  # an odd dimension: the last byte's high nibble is padding
             high = np.append(high, np.float32(0.0))
         # float32 products (BLAS) of the bytes as they are stored; their offsets are taken off once
-        dots: np.ndarray = code_bytes.astype(np.float32) @ q
+        dots: np.ndarray = self._code_rows(slots).astype(np.float32) @ q
         dots += (packed & 15).astype(np.float32) @ steps[0::2]
         dots += (packed >> 4).astype(np.float32) @ high
         offset = (CODE_OFFSET + (RESIDUAL_STEPS // 2) / RESIDUAL_STEPS) * float(q.sum())

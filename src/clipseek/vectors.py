@@ -10,25 +10,30 @@ filter is applied *before* choosing neighbours, so a filter never costs hits tha
 
 - ``exact``: every candidate scored from its float32 row — when the candidates are few (at most
   ``exact_threshold`` or ``k``) or the query says ``approximate: false``; and for a filter passing less than
-  Vespa's approximate-threshold (5 %) where the graph is not built (or numba is missing), as Vespa does.
+  Vespa's approximate-threshold (5 %) where the graph is not built or the compiled walks are not loaded (below),
+  as Vespa does.
 - ``scan``: a filter passing less than the approximate-threshold, where the graph is built; or a filter that
   follows the vectors (below), when that costs less than a wide walk: every passing slot ranked from the graph's
   int8 code (their rows alone, :meth:`clipseek.hnsw.AnnIndex.scan_slots`; faiss's scan of its code array,
-  which checks every slot's bit, without numba), the best 4 × targetHits (at least targetHits + 64) scored from
-  their float32 rows — exact search's hits and relevance but for near-ties within the codes' noise (~1e-3);
-  ``exact`` when that shortlist is all of them.
+  which checks every slot's bit, before the compiled walks are loaded), the best 4 × targetHits (at least
+  targetHits + 64) scored from their float32 rows — exact search's hits and relevance but for near-ties within the
+  codes' noise (~1e-3); ``exact`` when that shortlist is all of them.
 - ``hnsw`` (:mod:`clipseek.hnsw`): the graph walks with a beam of targetHits + exploreAdditionalHits candidates,
   and its best (2 × targetHits, at least targetHits + 16) are re-scored from the graph's 12-bit codes (int8 + a
   4-bit residual: the cosine to about 1e-4), so an HNSW search never reads the float32 rows, which stay on disk.
   A filter (and the dead slots) is applied inside the graph walk. Below FILTER_FIRST_THRESHOLD the walk goes
-  through passing slots only (:mod:`clipseek.filter_first`, ACORN-1, as Vespa's filter-first walk; where numba is
-  installed): a neighbour that fails is replaced by its own neighbours that pass. Otherwise (or without numba)
-  faiss's walk goes through every slot and keeps only passing ones in its beam: a filter passing a share p of the
-  slots needs a view of about ef / p for ef that pass (Vespa's walk until it holds ef that pass), twice that below
-  FILTER_FIRST_THRESHOLD. Both are sized for a filter independent of the vectors. One that follows them near the
-  query (the documents of one side of the collection, away from it) such walks miss, and the beam's links tell:
-  they pass such a filter more often than chance allows. Then faiss's walk with a view of WIDE × ef / p, or a
-  scan of the passing slots when that costs less.
+  through passing slots only (the filter-first walk of :mod:`clipseek.walks`, ACORN-1, as Vespa's): a neighbour
+  that fails is replaced by its own neighbours that pass. Otherwise the plain walk goes through every slot and
+  keeps only passing ones in its answer: a filter passing a share p of the slots needs a view of about ef / p for
+  ef that pass (Vespa's walk until it holds ef that pass), twice that below FILTER_FIRST_THRESHOLD. Both are sized
+  for a filter independent of the vectors. One that follows them near the query (the documents of one side of the
+  collection, away from it) such walks miss, and the beam's links tell: they pass such a filter more often than
+  chance allows. Then the plain walk with a view of WIDE × ef / p, or a scan of the passing slots when that costs
+  less.
+
+The walks are numba's compiled ones once a process has loaded them (:func:`clipseek.hnsw.load_walks`: a server
+as it starts, any other process at its WARM_AFTER-th graph search); before that, and where numba is missing,
+faiss's own walk (the plain walk's algorithm) and scan run, and no filter-first walk.
 
 Publication order, which concurrent searches rely on: a new slot's norm and row are in place before any
 document maps to it, and a search works on one snapshot of ``doc_of_slot`` (replaced, never grown in place).
@@ -36,7 +41,6 @@ document maps to it, and a search works on one snapshot of ``doc_of_slot`` (repl
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import threading
 from dataclasses import dataclass
@@ -47,7 +51,7 @@ import numpy as np
 
 from . import store
 from .errors import CollectionDamagedError, VectorError
-from .hnsw import AnnIndex, HnswParams, closeness
+from .hnsw import AnnIndex, HnswParams, closeness, count_search, loaded_walks
 
 APPROXIMATE_THRESHOLD = 0.05  # Vespa's default approximate-threshold: below it, exact search
 #: Below this share of passing slots a filtered walk's view is doubled: ef / p × 2 (at 10 % of 50k × 512, an ad hoc
@@ -56,9 +60,10 @@ APPROXIMATE_THRESHOLD = 0.05  # Vespa's default approximate-threshold: below it,
 #: passing documents and the nearest lie in clusters such a walk does not reach; it is not used. Vespa decides its
 #: filtered strategies by the same hit ratio (its filter-first-threshold, 0 by default, turns on ACORN-1).
 FILTER_FIRST_THRESHOLD = 0.3
-#: Whether filtered walks below FILTER_FIRST_THRESHOLD go through passing slots only (:mod:`clipseek.filter_first`,
-#: compiled by numba, imported on first use), rather than through every slot with a view of 2 × ef / p.
-FILTER_FIRST = importlib.util.find_spec("numba") is not None
+#: Whether filtered walks below FILTER_FIRST_THRESHOLD go through passing slots only (the filter-first walk of
+#: :mod:`clipseek.walks`, once the compiled walks are loaded: :func:`clipseek.hnsw.loaded_walks`), rather than
+#: through every slot with a view of 2 × ef / p.
+FILTER_FIRST = True
 #: Below this share the filter-first walk's beam is widened by (FILTER_FIRST_FULL / p)²: passing slots two hops
 #: apart get fewer, and its recall falls (200k × 512, bench/ann.py's data, 200 queries, beam 44, an ad hoc check:
 #: recall@10 0.97-0.98 at 5 % with the beam as it is, 0.989-0.990 with it doubled, 0.995 with it × 4; 0.997-0.999
@@ -365,8 +370,10 @@ class VectorIndex:
         elif filtered is not None and n_candidates < APPROXIMATE_THRESHOLD * self.live:
             # Vespa's exact search below its approximate-threshold; the same hits and relevance from a scan of the
             # filter's int8 codes and float32 rows for the best of them, where the graph is there to lend its codes
-            plan = "scan" if FILTER_FIRST and self.graph is not None else "exact"
+            count_search()
+            plan = "scan" if loaded_walks() is not None and self.graph is not None else "exact"
         else:
+            count_search()
             plan = "hnsw"
             beam = self._beam(doc_of_slot, q, k, explore, filtered, n_candidates)
             if beam is None:
@@ -432,7 +439,7 @@ class VectorIndex:
         short = max(SCAN_SHORTLIST * k, k + SCAN_EXTRA)
         if covered <= short:
             return slots
-        if FILTER_FIRST:  # the filter's rows alone
+        if loaded_walks() is not None:  # the filter's rows alone
             best = np.sort(graph.scan_slots(q, short, slots[:covered]))
         else:  # faiss's scan: every slot's bit, then the passing rows
             best = np.sort(graph.scan(q, short, filtered.bitmap(min(len(graph), len(filtered.mask)))))
@@ -455,7 +462,7 @@ class VectorIndex:
             allow = self.live_bitmap(rows)
         else:  # the filter's live slots: the graph is walked through the others, which are never returned
             if share < FOLLOWS_CHECKED:  # first the walk a filter independent of the vectors needs
-                if share < FILTER_FIRST_THRESHOLD and FILTER_FIRST:  # through passing slots only
+                if share < FILTER_FIRST_THRESHOLD and FILTER_FIRST and loaded_walks() is not None:  # passing only
                     beam = ef if share >= FILTER_FIRST_FULL else math.ceil(ef * (FILTER_FIRST_FULL / share) ** 2)
                     beam = min(beam, max(ef, n_candidates))  # (a share this small counts many dead slots)
                     keys = graph.filter_first(q, beam, filtered.mask[:rows])

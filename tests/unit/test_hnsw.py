@@ -3,7 +3,10 @@
 import numpy as np
 import pytest
 
+from clipseek import hnsw
 from clipseek.hnsw import AnnIndex, HnswParams, snapshot_meta
+
+from ..conftest import need_module
 
 PARAMS = HnswParams(16, 64)
 
@@ -14,8 +17,13 @@ def unit_cosines(x, q, slots):
     return np.where(norms > 0, rows @ q / np.where(norms > 0, norms, 1) / np.linalg.norm(q), 0.0)
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("dim", [64, 63, 512])
-def test_cosines_from_codes_are_within_1e_3_and_zero_rows_are_zero(dim):
+def test_cosines_from_codes_are_within_1e_3_and_zero_rows_are_zero(dim, compiled, monkeypatch):
+    """Both ways of re-scoring: compiled (numba) and numpy's."""
+    if compiled:
+        need_module("numba", "it installs with clipseek (pyproject.toml) where numba has wheels")
+    monkeypatch.setattr(hnsw, "COMPILED", compiled)
     rng = np.random.default_rng(dim)
     x = rng.standard_normal((2000, dim)).astype(np.float32) * rng.uniform(0.1, 10, (2000, 1)).astype(np.float32)
     x[7] = 0

@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..errors import TooLargeError
+from ..hnsw import load_walks
 from ..models.encoder import Encoder
 from . import document, native, search
 from .guard import Guard
@@ -95,6 +96,9 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
                 await asyncio.sleep(janitor_seconds)
                 await asyncio.to_thread(shared.release_idle)
         task = asyncio.create_task(janitor())
+        # the graph's compiled walks load while the server starts answering (~0.8 s, longer the first time)
+        walks = threading.Thread(target=load_walks, name="clipseek-serve-walks", daemon=True)
+        walks.start()
         stop = threading.Event()
         follower = None
         if watch is not None:
@@ -110,6 +114,7 @@ def create_app(path: Path, *, encoders: Callable[[str], Encoder] | None = None,
             stop.set()
             if follower is not None:
                 follower.join(timeout=30)
+            walks.join(timeout=60)  # not torn down mid-import at exit
             shared.close()
 
     routes = [*ROUTES, Route("/", page), Mount("/static", StaticFiles(directory=WEB), name="static")]

@@ -1,10 +1,11 @@
-"""clipseek.filter_first: the filtered walk through passing slots only (ACORN-1), on its own and as the engine's
-plan for filters passing a small share of the documents."""
+"""clipseek.walks: the graph walks compiled by numba. The plain walk, against faiss's own; the filtered walk through
+passing slots only (ACORN-1), on its own and as the engine's plan for filters passing a small share of the
+documents."""
 
 import numpy as np
 import pytest
 
-from clipseek import vectors
+from clipseek import hnsw, vectors, walks
 from clipseek.collection import Collection, Document, Filter
 from clipseek.hnsw import AnnIndex, HnswParams
 
@@ -41,8 +42,64 @@ def nearest_by_codes(graph, q, slots, k):
     return set(slots[np.argsort(-by_codes(graph, q, slots), kind="stable")[:k]].tolist())
 
 
+def faiss_and_compiled(monkeypatch, graph, q, count, ef, allow=None, walk=None):
+    """The same search by faiss's walk and by the compiled one (which must be the one that runs)."""
+    calls = []
+    compiled = walks.walk
+
+    def spy(*a, **kw):
+        calls.append(1)
+        return compiled(*a, **kw)
+
+    monkeypatch.setattr(walks, "walk", spy)
+    found = []
+    for on in (False, True):
+        monkeypatch.setattr(hnsw, "COMPILED", on)
+        found.append(graph.search(q, count, ef, allow=allow, walk=walk))
+    assert calls == [1]
+    return found
+
+
+@pytest.mark.parametrize("share", [1.0, 0.9, 0.5, 0.1])
+def test_the_compiled_walk_finds_what_faisss_walk_finds(graph_data, monkeypatch, share):
+    """Over every slot (share 1), through dead or filtered ones (a bitmap, kept out of the answer, walked through
+    with a view of beam / share), and with a bitmap shorter than the graph: the same slots as faiss's walk, nearest
+    first, for nearly every query (both are HNSW's search over the same graph; only float rounding of near-ties in
+    the codes' distances may part them)."""
+    graph, x, queries, rng = graph_data
+    mask = rng.random(len(x)) < share
+    bitmap = None if share == 1.0 else np.packbits(mask, bitorder="little")
+    same = overlap = 0
+    for q in queries:
+        view = int(40 / share)
+        ours, theirs = faiss_and_compiled(monkeypatch, graph, q, 20, 40, bitmap, view)[::-1]
+        assert len(ours) == 20 and len(set(ours.tolist())) == 20 and mask[ours].all()
+        assert np.all(np.diff(by_codes(graph, q, ours)) <= 1e-3)  # nearest first
+        same += ours.tolist() == theirs.tolist()
+        overlap += len(set(ours.tolist()) & set(theirs.tolist()))
+    assert same >= 0.95 * len(queries) and overlap >= 0.99 * 20 * len(queries), (same, overlap)
+    short = np.packbits(np.ones(2000, bool), bitorder="little")  # slots past the bitmap's end are never returned
+    for q in queries[:10]:
+        ours, theirs = faiss_and_compiled(monkeypatch, graph, q, 10, 40, short, 120)[::-1]
+        assert ours.max() < 2000 and len(ours) == 10 and len(set(ours.tolist()) & set(theirs.tolist())) >= 9
+
+
+def test_the_compiled_walk_returns_fewer_only_when_fewer_pass_and_walks_a_growing_graph(graph_data):
+    graph, x, queries, rng = graph_data
+    mask = np.zeros(len(x), bool)
+    mask[[3, 500, 4000]] = True  # three passing slots in a graph walked with a view of every slot
+    found = graph.search(queries[0], 10, 10, allow=np.packbits(mask, bitorder="little"), walk=len(x))
+    assert sorted(found.tolist()) == [3, 500, 4000]
+    grown = AnnIndex(48, PARAMS)  # its arrays move as it grows: the walk reads them anew
+    grown.extend(x, 1500)
+    grown.search(queries[0], 10, 20)
+    grown.extend(x, len(x))
+    for slot in (1700, 5999):
+        assert grown.search(x[slot], 10, 20)[0] == slot
+
+
 @pytest.mark.parametrize("share", [0.05, 0.1, 0.25])
-def test_the_walk_returns_passing_slots_only_and_finds_the_nearest(graph_data, share):
+def test_the_filter_first_walk_returns_passing_slots_only_and_finds_the_nearest(graph_data, share):
     """Every slot it returns passes, once, nearest first by the codes; its best 10 are the 10 nearest passing slots
     (by the codes it ranks with) for ≥ 97 % of them. A walk that only followed passing links, without the two-hop
     step through failing ones, strands in a few clusters at these shares."""
@@ -86,13 +143,13 @@ def coll(tmp_path_factory):
 
 
 def test_the_engine_walks_small_shares_filter_first_and_keeps_exact_searchs_hits(coll, monkeypatch):
-    """A filter passing 5-25 % goes through the filter-first walk (faiss's walk is never asked), and finds what
-    exact filtered search finds (recall@10 ≥ 0.99); with the walk turned off, faiss's walk finds them too. A
-    filter passing 30 % or more is faiss's walk either way."""
+    """A filter passing 5-25 % goes through the filter-first walk (the plain walk is never asked), and finds what
+    exact filtered search finds (recall@10 ≥ 0.99); with the filter-first walk turned off, the plain walk through
+    every slot finds them too. A filter passing 30 % or more takes the plain walk either way."""
     c, data, widths, rng = coll
     unit = data / np.linalg.norm(data, axis=1, keepdims=True)
     queries = data[rng.integers(0, 8000, 40)] + rng.standard_normal((40, 32)).astype(np.float32) * 0.05
-    calls = {"ff": 0, "faiss": 0}
+    calls = {"ff": 0, "plain": 0}
     ff, walk = AnnIndex.filter_first, AnnIndex.search
 
     def spy_ff(self, *a, **kw):
@@ -100,7 +157,7 @@ def test_the_engine_walks_small_shares_filter_first_and_keeps_exact_searchs_hits
         return ff(self, *a, **kw)
 
     def spy_walk(self, *a, **kw):
-        calls["faiss"] += 1
+        calls["plain"] += 1
         return walk(self, *a, **kw)
 
     monkeypatch.setattr(AnnIndex, "filter_first", spy_ff)
@@ -108,7 +165,7 @@ def test_the_engine_walks_small_shares_filter_first_and_keeps_exact_searchs_hits
     for first in (True, False):
         monkeypatch.setattr(vectors, "FILTER_FIRST", first)
         for top in (4, 9, 24):
-            calls.update(ff=0, faiss=0)
+            calls.update(ff=0, plain=0)
             keep = np.flatnonzero(widths <= top)
             found = 0
             for q in queries:
@@ -118,17 +175,18 @@ def test_the_engine_walks_small_shares_filter_first_and_keeps_exact_searchs_hits
                 truth = keep[np.lexsort((keep, -(unit[keep] @ q)))[:10]]
                 found += len({str(i) for i in truth} & {h.docid for h in res.hits})
             assert found / 400 >= 0.99, (first, top, found)
-            assert (calls["ff"], calls["faiss"] > 0) == ((40, False) if first else (0, True)), (first, top, calls)
+            assert (calls["ff"], calls["plain"] > 0) == ((40, False) if first else (0, True)), (first, top, calls)
     monkeypatch.setattr(vectors, "FILTER_FIRST", True)
-    calls.update(ff=0, faiss=0)
+    calls.update(ff=0, plain=0)
     c.search(queries[0], field="f_image", hits=10, filter=Filter(max_width=29))
-    assert calls["ff"] == 0 and calls["faiss"] > 0
+    assert calls["ff"] == 0 and calls["plain"] > 0
 
 
 def test_a_filter_below_the_approximate_threshold_scans_its_own_rows_for_exact_searchs_hits(coll, monkeypatch):
     """Below Vespa's approximate-threshold (5 %) the search is exact in Vespa. Where the graph is built, the
     filter's rows alone are ranked by their int8 codes and the best few × targetHits scored from float32: exact
-    search's hits and relevance. Without numba, exact search itself, as without the graph."""
+    search's hits and relevance. Without the compiled walks (numba missing, or a process that has not loaded them
+    yet), exact search itself, as without the graph."""
     c, data, widths, rng = coll
     queries = data[rng.integers(0, 8000, 30)] + rng.standard_normal((30, 32)).astype(np.float32) * 0.05
     for q in queries:
@@ -139,5 +197,37 @@ def test_a_filter_below_the_approximate_threshold_scans_its_own_rows_for_exact_s
             assert res.plan == "scan" and exact.plan == "exact"
             assert [h.docid for h in res.hits] == [h.docid for h in exact.hits]
             assert [h.relevance for h in res.hits] == pytest.approx([h.relevance for h in exact.hits], abs=1e-6)
-    monkeypatch.setattr(vectors, "FILTER_FIRST", False)
+    monkeypatch.setattr(hnsw, "COMPILED", False)
     assert c.search(queries[0], field="f_image", hits=10, target_hits=10, filter=Filter(max_width=3)).plan == "exact"
+
+
+WARM_UP = """
+import sys
+import numpy as np
+from clipseek import hnsw
+from clipseek.collection import Collection
+c = Collection.open(sys.argv[1], readonly=True)
+q = np.asarray([float(v) for v in sys.argv[2].split(",")], dtype=np.float32)
+found = []
+for i in range(hnsw.WARM_AFTER + 2):
+    if i == hnsw.WARM_AFTER - 1:  # before the search that loads them: faiss's walks alone, numba not imported
+        assert "clipseek.walks" not in sys.modules and "numba" not in sys.modules
+    res = c.search(q, field="f_image", hits=10, target_hits=10, explore_additional_hits=30)
+    found.append([h.docid for h in res.hits])
+assert "clipseek.walks" in sys.modules and hnsw.loaded_walks() is not None
+print(found[0] == found[-1])
+"""
+
+
+def test_a_process_walks_with_faiss_until_its_warm_after_th_search_then_with_the_compiled_walks(coll):
+    """A one-off search never imports numba (~0.8 s to load the compiled walks); the WARM_AFTER-th graph search
+    of a process loads them, and the searches after it find the same hits."""
+    import subprocess
+    import sys
+
+    c, data, widths, rng = coll
+    c.checkpoint()
+    q = ",".join(str(float(v)) for v in data[5])
+    out = subprocess.run([sys.executable, "-c", WARM_UP, str(c.path), q], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "True"

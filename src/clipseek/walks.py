@@ -1,0 +1,412 @@
+"""The HNSW graph's walks, compiled by numba: the plain walk every unfiltered (and widely filtered) search takes,
+and the filter-first walk (ACORN-1) for filters passing a small share of the documents. Both read faiss's codes and
+links in place (:class:`clipseek.hnsw.AnnIndex` maps them) and rank by the graph's int8 codes; the caller re-scores
+the best, as every HNSW search does.
+
+**The plain walk** (:func:`walk`) is HNSW's search of the bottom layer, as faiss's own: a beam of the ``view``
+nearest slots the walk has seen, expanded nearest first until the nearest unexpanded slot is farther than the
+beam's farthest. Slots a bitmap fails (dead slots, a filter's) are walked through and kept in the beam, but never
+returned: the ``count`` nearest that pass are. It finds what faiss's walk finds (the same algorithm over the same
+graph), in about half the time: a walk is a chain of scattered reads of 512-byte rows, and this one asks the
+memory for all of an expanded slot's unvisited neighbours' rows at once (a prefetch of every cache line, then the
+dots), where faiss's build for this machine's CPU waits on them one by one (200k × 512, bench/ann.py's data,
+beams 24-64, ad hoc, interleaved: 104-296 µs against 205-590 µs a walk, the same slots).
+
+**The filter-first walk** (:func:`filter_first`) goes through the slots a filter passes only. faiss's filtered walk
+goes *through* the slots the filter fails and keeps them in its view, so a filter passing a share ``p`` needs a
+view of about ``beam / p``: at 10 %, 10-15 × the unfiltered search's time. ACORN-1 (Patel et al., "ACORN:
+Performant and Predicate-Agnostic Search Over Vector Embeddings and Structured Data", SIGMOD 2024; Vespa turns it
+on with ``filter-first-threshold``) walks the bottom layer through passing slots only: expanding a slot, a
+neighbour that fails the filter is replaced by that neighbour's own neighbours that pass (two hops), so the beam
+and the candidate queue hold passing slots alone and the walk costs about what an unfiltered one does (2-3 × at
+10 %, bench/acorn.py).
+
+Its known weakness, which :mod:`clipseek.vectors` guards against: a filter that *follows* the vectors (the
+documents of one side of the collection) leaves the two-hop neighbourhoods near the query with few passing slots,
+and the walk settles on passing documents that are not the nearest. The caller checks the beam's links for that
+and turns to a wide walk or a scan of the filter's documents.
+
+Why numba (a JIT compiler for numeric Python): a walk in numpy costs microseconds a hop, faiss's Python API
+offers no filter-first walk over an existing graph, and its own walk does not prefetch. The walks are compiled
+once and cached on disk (numba's cache, beside this module or in the user's cache folder). A process loads them
+when it has searched enough to gain from them (:func:`clipseek.hnsw.load_walks`, :func:`warm`), and only where
+numba is installed; until then, and elsewhere, searches take faiss's walk and scan.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .hnsw import CODE_OFFSET  # faiss stores an int8 code c as the byte c + CODE_OFFSET
+
+try:  # the walks are compiled by numba where it is installed
+    import numba
+
+    HAVE_NUMBA = True
+except ImportError:  # numba installs with clipseek where it has wheels
+    HAVE_NUMBA = False
+
+if HAVE_NUMBA:
+    from llvmlite import ir
+    from numba.core import cgutils as _cgutils
+    from numba.core import types
+    from numba.extending import intrinsic
+
+    cgutils: Any = _cgutils  # (untyped)
+
+    njit = numba.njit
+
+    def _prefetch(typingctx: Any, array: Any, row: Any, column: Any) -> Any:
+        """Ask the memory for the cache line holding ``array[row, column]`` (LLVM's prefetch: a hint, no fault)."""
+        sig = types.void(array, row, column)
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            aryty = signature.args[0]
+            ary = context.make_array(aryty)(context, builder, args[0])
+            idx = [context.cast(builder, args[i], signature.args[i], types.intp) for i in (1, 2)]
+            ptr = cgutils.get_item_pointer2(context, builder, ary.data, cgutils.unpack_tuple(builder, ary.shape),
+                                            cgutils.unpack_tuple(builder, ary.strides), aryty.layout, idx)
+            i32 = ir.IntType(32)
+            opaque = getattr(ptr.type, "is_opaque", False)  # LLVM's own name for the pointer type it takes
+            signature_ = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
+            fn = cgutils.get_or_insert_function(builder.module, signature_,
+                                                "llvm.prefetch.p0" if opaque else "llvm.prefetch.p0i8")
+            builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])  # read, keep
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    prefetch: Any = intrinsic(_prefetch)
+
+    @njit(inline="always")
+    def fetch(codes: np.ndarray, v: int) -> None:
+        """Prefetch every cache line of row ``v``."""
+        for j in range(0, codes.shape[1], 64):
+            prefetch(codes, v, j)
+
+    @njit(inline="always", fastmath=True)
+    def dot(codes: np.ndarray, i: int, q: np.ndarray) -> Any:
+        s = np.float32(0.0)
+        for j in range(codes.shape[1]):
+            s += np.float32(codes[i, j]) * q[j]
+        return s
+
+    @njit(inline="always")
+    def push(keys: np.ndarray, ids: np.ndarray, n: int, key: Any, v: int) -> int:
+        """Onto a min-heap of ``n`` entries; the new count."""
+        i = n
+        keys[i], ids[i] = key, v
+        while i > 0:
+            parent = (i - 1) >> 1
+            if keys[parent] <= keys[i]:
+                break
+            keys[parent], keys[i] = keys[i], keys[parent]
+            ids[parent], ids[i] = ids[i], ids[parent]
+            i = parent
+        return n + 1
+
+    @njit(inline="always")
+    def pop(keys: np.ndarray, ids: np.ndarray, n: int) -> int:
+        """Drop a min-heap's root; the new count."""
+        n -= 1
+        keys[0], ids[0] = keys[n], ids[n]
+        i = 0
+        while True:
+            c = 2 * i + 1
+            if c >= n:
+                break
+            if c + 1 < n and keys[c + 1] < keys[c]:
+                c += 1
+            if keys[i] <= keys[c]:
+                break
+            keys[c], keys[i] = keys[i], keys[c]
+            ids[c], ids[i] = ids[i], ids[c]
+            i = c
+        return n
+
+    @njit(inline="always")
+    def keep(keys: np.ndarray, ids: np.ndarray, n: int, size: int, key: Any, v: int) -> int:
+        """Into a min-heap of at most ``size`` entries when there is room or ``key`` beats its least; the new count."""
+        if n < size:
+            return push(keys, ids, n, key, v)
+        if key > keys[0]:
+            n = push(keys, ids, n, key, v)
+            return pop(keys, ids, n)
+        return n
+
+    @njit(inline="always")
+    def consider(v: int, d: Any, ef: int, cand_k: np.ndarray, cand_i: np.ndarray, nc: int, res_k: np.ndarray,
+                 res_i: np.ndarray, nr: int) -> tuple[int, int]:
+        """A slot at similarity ``d``: into the candidates and the beam when the beam has room or ``d`` beats its
+        worst; the two new counts."""
+        if nr < ef or d > res_k[0]:
+            if nc < len(cand_k):
+                nc = push(cand_k, cand_i, nc, -d, v)
+            nr = push(res_k, res_i, nr, d, v)
+            if nr > ef:
+                nr = pop(res_k, res_i, nr)
+        return nc, nr
+
+    @njit(inline="always")
+    def descend(q: np.ndarray, codes: np.ndarray, links: np.ndarray, starts: np.ndarray, cum: np.ndarray, entry: int,
+                top_level: int, offset: Any) -> tuple[int, Any]:
+        """Greedy descent through the upper layers, as faiss's walk: the bottom layer's entry and its score."""
+        rows = codes.shape[0]
+        cur = entry
+        best = dot(codes, cur, q) - offset
+        for level in range(top_level, 0, -1):
+            moved = True
+            while moved:
+                moved = False
+                for p in range(starts[cur] + cum[level], starts[cur] + cum[level + 1]):
+                    v = links[p]
+                    if v < 0:
+                        break
+                    if v >= rows:
+                        continue
+                    d = dot(codes, v, q) - offset
+                    if d > best:
+                        best, cur, moved = d, v, True
+        return cur, best
+
+    @njit(inline="always", fastmath=True)
+    def code_offset(q: np.ndarray) -> Any:
+        """What the stored bytes (code + 128) add to every dot: 128 × the query's sum."""
+        qsum = np.float32(0.0)
+        for j in range(q.shape[0]):
+            qsum += q[j]
+        return np.float32(CODE_OFFSET) * qsum
+
+    @njit(inline="always")
+    def passes(bitmap: np.ndarray, v: int) -> bool:
+        """Slot ``v``'s bit (little bit order); an empty bitmap passes every slot, one too short fails those past it."""
+        if len(bitmap) == 0:
+            return True
+        b = v >> 3
+        return b < len(bitmap) and (bitmap[b] >> (v & 7)) & 1 == 1
+
+    @njit(nogil=True, fastmath=True, cache=True)
+    def _plain(q: np.ndarray, codes: np.ndarray, links: np.ndarray, starts: np.ndarray, cum: np.ndarray, entry: int,
+               top_level: int, view: int, count: int, allow: np.ndarray, visited: np.ndarray,
+               stamp: np.uint32) -> np.ndarray:
+        """The ``count`` nearest slots ``allow`` passes of a walk whose beam holds ``view`` slots, nearest first."""
+        rows = codes.shape[0]
+        offset = code_offset(q)
+        cur, best = descend(q, codes, links, starts, cum, entry, top_level, offset)
+        cap = 64 * view + 4096
+        cand_k, cand_i = np.empty(cap, np.float32), np.empty(cap, np.int64)
+        beam_k, beam_i = np.empty(view + 1, np.float32), np.empty(view + 1, np.int64)
+        res_k, res_i = np.empty(count + 1, np.float32), np.empty(count + 1, np.int64)
+        lo, hi = cum[0], cum[1]
+        batch, scores = np.empty(hi - lo, np.int64), np.empty(hi - lo, np.float32)
+        nc = push(cand_k, cand_i, 0, -best, cur)
+        nb = push(beam_k, beam_i, 0, best, cur)
+        nr = push(res_k, res_i, 0, best, cur) if passes(allow, cur) else 0
+        visited[cur] = stamp
+        while nc > 0:
+            c = cand_i[0]
+            if nb >= view and -cand_k[0] < beam_k[0]:
+                break
+            nc = pop(cand_k, cand_i, nc)
+            m = 0
+            for p in range(starts[c] + lo, starts[c] + hi):  # the unvisited neighbours, their rows asked for at once
+                v = links[p]
+                if v < 0:
+                    break
+                if v >= rows or visited[v] == stamp:
+                    continue
+                visited[v] = stamp
+                fetch(codes, v)
+                batch[m] = v
+                m += 1
+            for t in range(m):
+                scores[t] = dot(codes, batch[t], q) - offset
+            for t in range(m):
+                v, d = batch[t], scores[t]
+                if passes(allow, v):  # every passing slot seen may be returned, as in faiss's walk
+                    nr = keep(res_k, res_i, nr, count, d, v)
+                if nb < view or d > beam_k[0]:
+                    if nc < cap:
+                        nc = push(cand_k, cand_i, nc, -d, v)
+                    nb = keep(beam_k, beam_i, nb, view, d, v)
+        order = np.argsort(-res_k[:nr], kind="mergesort")
+        return res_i[:nr][order]
+
+    @njit(nogil=True, fastmath=True, cache=True)
+    def _filter_first(q: np.ndarray, codes: np.ndarray, links: np.ndarray, starts: np.ndarray, cum: np.ndarray,
+                      entry: int, top_level: int, ef: int, allow: np.ndarray, visited: np.ndarray,
+                      stamp: np.uint32) -> np.ndarray:
+        """The beam of ``ef`` passing slots, nearest first by the codes' inner product with ``q``."""
+        rows, allowed = codes.shape[0], allow.shape[0]
+        offset = code_offset(q)
+        cur, best = descend(q, codes, links, starts, cum, entry, top_level, offset)
+        cap = 64 * ef + 4096
+        cand_k, cand_i = np.empty(cap, np.float32), np.empty(cap, np.int64)
+        res_k, res_i = np.empty(ef + 1, np.float32), np.empty(ef + 1, np.int64)
+        nc = push(cand_k, cand_i, 0, -best, cur)  # the entry leads the walk, in the beam only when it passes
+        nr = 0
+        visited[cur] = stamp
+        if cur < allowed and allow[cur]:
+            nr = push(res_k, res_i, 0, best, cur)
+        lo, hi = cum[0], cum[1]
+        degree = hi - lo  # ACORN-1's limit: as many passing neighbours as a node has links (half: recall 0.97 at 5 %)
+        batch, scores = np.empty(degree, np.int64), np.empty(degree, np.float32)
+        while nc > 0:
+            c = cand_i[0]
+            if nr >= ef and -cand_k[0] < res_k[0]:
+                break
+            nc = pop(cand_k, cand_i, nc)
+            found = 0  # passing neighbours taken from this slot: at most a bottom-layer node's links
+            m = 0  # those not seen before: their rows asked for at once, then scored in this order
+            for p in range(starts[c] + lo, starts[c] + hi):  # first the neighbours that pass
+                v = links[p]
+                if v < 0:
+                    break
+                if v >= allowed or not allow[v]:
+                    continue
+                found += 1
+                if visited[v] == stamp:
+                    continue
+                visited[v] = stamp
+                fetch(codes, v)
+                batch[m] = v
+                m += 1
+            for p in range(starts[c] + lo, starts[c] + hi):  # then, in place of those that fail, their own
+                if found >= degree:
+                    break
+                v = links[p]
+                if v < 0:
+                    break
+                if (v < allowed and allow[v]) or v >= rows or visited[v] == stamp:
+                    continue
+                visited[v] = stamp
+                for p2 in range(starts[v] + lo, starts[v] + hi):
+                    u = links[p2]
+                    if u < 0 or found >= degree:
+                        break
+                    if u >= allowed or not allow[u] or visited[u] == stamp:
+                        continue
+                    visited[u] = stamp
+                    found += 1
+                    fetch(codes, u)
+                    batch[m] = u
+                    m += 1
+            for t in range(m):
+                scores[t] = dot(codes, batch[t], q) - offset
+            for t in range(m):
+                nc, nr = consider(batch[t], scores[t], ef, cand_k, cand_i, nc, res_k, res_i, nr)
+        order = np.argsort(-res_k[:nr], kind="mergesort")
+        return res_i[:nr][order]
+
+    @njit(nogil=True, fastmath=True, cache=True)
+    def _cosines(q: np.ndarray, codes: np.ndarray, residuals: np.ndarray, slots: np.ndarray, step: float,
+                 residual_steps: int) -> np.ndarray:
+        """Cosines at ``slots`` from the code bytes (code + 128) and the residuals' nibbles (sixteenths of a code
+        step, counted from -8), each row asked for before any is read; ``q`` of norm > 0."""
+        for t in range(len(slots)):
+            fetch(codes, slots[t])
+            fetch(residuals, slots[t])
+        dim, width = q.shape[0], residuals.shape[1]
+        weight = np.float32(1.0 / residual_steps)
+        low, high = np.zeros(width, np.float32), np.zeros(width, np.float32)  # a nibble's weight in each dimension
+        for j in range(dim):
+            if j % 2 == 0:
+                low[j // 2] = q[j] * weight
+            else:
+                high[j // 2] = q[j] * weight
+        norm, total = np.float32(0.0), np.float32(0.0)
+        for j in range(dim):
+            norm += q[j] * q[j]
+            total += q[j]
+        offset = (np.float32(CODE_OFFSET) + np.float32(residual_steps // 2) * weight) * total  # bytes' offsets
+        factor = np.float32(step) / np.sqrt(norm)
+        out = np.empty(len(slots), np.float32)
+        for t in range(len(slots)):
+            i = slots[t]
+            r = np.float32(0.0)
+            for j in range(width):
+                b = residuals[i, j]
+                r += np.float32(b & 15) * low[j] + np.float32(b >> 4) * high[j]
+            out[t] = (dot(codes, i, q) + r - offset) * factor
+        return out
+
+    @njit(nogil=True, fastmath=True, cache=True)
+    def _scores(q: np.ndarray, codes: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """The codes' inner product with ``q`` at ``slots`` (less the same constant for every slot)."""
+        out = np.empty(len(slots), np.float32)
+        for t in range(len(slots)):
+            out[t] = dot(codes, slots[t], q)
+        return out
+
+
+def warm() -> None:
+    """Compile the walks, or load them from numba's cache, for every kind of array a search hands them (numba
+    compiles one version per kind: a read-only mask or residual array, from a kept filter or a memory-mapped graph,
+    is another), so no search waits for a compiler."""
+    _needs_numba("the compiled walks")
+    dim = 8
+    codes = np.full((2, dim), CODE_OFFSET, np.uint8)
+    links = np.full(64, -1, np.int32)
+    links[0], links[32] = 1, 0  # two slots linked to each other on the bottom layer (32 links a slot)
+    starts, cum = np.array([0, 32, 64], np.int64), np.array([0, 32], np.int64)
+    q, visited = np.ones(dim, np.float32), np.zeros(2, np.uint32)
+    walk(q, codes, links, starts, cum, 0, 0, 2, 2, np.zeros(0, np.uint8), visited, 1)
+    code_scores(q, codes, np.arange(2))
+    for stamp, readonly in ((2, False), (3, True)):
+        allow, residuals = np.ones(2, np.bool_), np.full((2, dim // 2), 0x88, np.uint8)
+        allow.flags.writeable = residuals.flags.writeable = not readonly
+        filter_first(q, codes, links, starts, cum, 0, 0, 2, allow, visited, stamp)
+        cosines(q, codes, residuals, np.arange(2), 0.01, 16)
+
+
+def _needs_numba(what: str) -> None:
+    if not HAVE_NUMBA:
+        raise RuntimeError(f"{what} needs numba (pip install numba)")
+
+
+def walk(query: np.ndarray, codes: np.ndarray, links: np.ndarray, starts: np.ndarray, cum: np.ndarray, entry: int,
+         top_level: int, view: int, count: int, allow: np.ndarray, visited: np.ndarray, stamp: int) -> np.ndarray:
+    """The ``count`` slots ``allow`` passes (a bitmap, ``np.packbits(..., bitorder="little")``; empty: every slot)
+    that the plain walk, with a beam of ``view`` slots, finds nearest ``query``, nearest first by the int8 codes
+    (fewer only when it sees fewer that pass). ``codes`` (the stored bytes, one row a slot), ``links``, ``starts``
+    and ``cum`` are faiss's arrays as :class:`clipseek.hnsw.AnnIndex` maps them; ``visited`` a scratch array of at
+    least one entry a slot, none equal to ``stamp`` (the caller's count of walks)."""
+    _needs_numba("the compiled walk")
+    q = np.ascontiguousarray(query, dtype=np.float32)
+    found: np.ndarray = _plain(q, codes, links, starts, cum, entry, top_level, view, count, allow, visited,
+                               np.uint32(stamp))
+    return found
+
+
+def filter_first(query: np.ndarray, codes: np.ndarray, links: np.ndarray, starts: np.ndarray, cum: np.ndarray,
+                 entry: int, top_level: int, ef: int, allow: np.ndarray, visited: np.ndarray, stamp: int) -> np.ndarray:
+    """The ``ef`` slots ``allow`` passes (a bool per slot; slots past its end fail) that the filter-first walk
+    finds nearest ``query``, nearest first by the int8 codes; the other arguments as :func:`walk` takes them."""
+    _needs_numba("the filter-first walk")
+    q = np.ascontiguousarray(query, dtype=np.float32)
+    found: np.ndarray = _filter_first(q, codes, links, starts, cum, entry, top_level, ef, allow, visited,
+                                      np.uint32(stamp))
+    return found
+
+
+def cosines(query: np.ndarray, codes: np.ndarray, residuals: np.ndarray, slots: np.ndarray, step: float,
+            residual_steps: int) -> np.ndarray:
+    """:meth:`clipseek.hnsw.AnnIndex.cosines` for a query of norm > 0: the rows' bytes read where they lie (asked
+    for all at once), not gathered and widened by numpy first. ``step``: what a code step is of a normalised
+    component."""
+    _needs_numba("the compiled re-scoring")
+    q = np.ascontiguousarray(query, dtype=np.float32)
+    found: np.ndarray = _cosines(q, codes, residuals, np.ascontiguousarray(slots, dtype=np.int64), step,
+                                 residual_steps)
+    return found
+
+
+def code_scores(query: np.ndarray, codes: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    """Scores that rank ``slots`` as the int8 codes' inner product with ``query`` does (each less the same
+    constant): the rows at the slots only, read where they lie, without faiss's pass over every slot's bit."""
+    _needs_numba("the code scan")
+    q = np.ascontiguousarray(query, dtype=np.float32)
+    scores: np.ndarray = _scores(q, codes, np.ascontiguousarray(slots, dtype=np.int64))
+    return scores
