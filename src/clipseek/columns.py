@@ -5,11 +5,13 @@ instead of a SQLite scan that hands every matching id to Python.
 Built, like the hit summaries (:mod:`clipseek.summaries`), once a collection object has evaluated ``WARM_AFTER``
 predicates on numeric attributes, so one-off searches never pay for it; kept current by the writer (the rows it
 commits are re-read, removed documents dropped) and dropped when another process changes the documents. A
-column is an int64 or float64 array indexed by document id with a presence mask: a missing value (SQL NULL)
+column is an integer or float64 array indexed by document id with a presence mask: a missing value (SQL NULL)
 matches no comparison, as in SQL. Integers are compared as integers, so 64-bit sizes stay exact: a bound with a
 fraction is first made the whole number that passes the same integers (``width < 2.5`` is ``width < 3``), so
 the column is never converted to float64 (a million rows, an ad hoc check: 0.39 ms with the conversion, 0.13 ms
-without).
+without). An integer column is held in the narrowest type its values fit (int8 to int64, widened as a write
+needs), as a comparison reads every row: a photo's width fits int16, and a million of them compare in a third of
+int64's time (ad hoc: 0.21 against 0.54 ms); a bound outside the type's range passes every value or none.
 """
 
 from __future__ import annotations
@@ -44,9 +46,22 @@ def whole_bound(op: str, bound: float) -> int | float | None:
     return whole if INT64_RANGE[0] <= whole <= INT64_RANGE[1] else bound
 
 
+INTEGER_TYPES: tuple[np.dtype, ...] = (np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int32),
+                                       np.dtype(np.int64))
+
+
+def fitting(low: int, high: int, at_least: np.dtype) -> np.dtype:
+    """The narrowest integer type, at least as wide as ``at_least``, that holds ``low`` and ``high``."""
+    for t in INTEGER_TYPES:
+        info = np.iinfo(t.type)
+        if t.itemsize >= at_least.itemsize and info.min <= low and high <= info.max:
+            return t
+    raise OverflowError(f"{low}..{high} does not fit 64 bits")
+
+
 class _Table:
     def __init__(self, size: int) -> None:
-        self.values = {name: np.zeros(size, np.int64 if name in _INTEGER else np.float64) for name in NUMERIC}
+        self.values = {name: np.zeros(size, INTEGER_TYPES[0] if name in _INTEGER else np.float64) for name in NUMERIC}
         self.present = {name: np.zeros(size, bool) for name in NUMERIC}
 
     def __len__(self) -> int:
@@ -67,8 +82,13 @@ class _Table:
         for i, name in enumerate(NUMERIC, start=1):
             have = np.fromiter((r[i] is not None for r in rows), dtype=bool, count=len(rows))
             values = self.values[name]
-            values[ids[have]] = np.fromiter((r[i] for r in rows if r[i] is not None), dtype=values.dtype,
-                                            count=int(have.sum()))
+            wide = np.int64 if name in _INTEGER else np.float64
+            given = np.fromiter((r[i] for r in rows if r[i] is not None), dtype=wide, count=int(have.sum()))
+            if name in _INTEGER and len(given):
+                kind = fitting(int(given.min()), int(given.max()), values.dtype)
+                if kind != values.dtype:  # widened before any value that needs it is written
+                    values = self.values[name] = values.astype(kind)
+            values[ids[have]] = given
             self.present[name][ids] = have
 
 
@@ -87,6 +107,11 @@ class Columns:
     def in_memory(self) -> bool:
         return self._table is not None
 
+    def dtype(self, name: str) -> np.dtype | None:
+        """The type a numeric attribute's column is held in; None before the columns are built."""
+        table = self._table
+        return None if table is None else table.values[name].dtype
+
     def matching(self, conn: sqlite3.Connection, name: str, op: str, value: int | float) -> np.ndarray | None:
         """The documents whose ``name`` ``op`` ``value``, as a bool mask by document id; None while not warm (ask
         SQLite)."""
@@ -98,12 +123,18 @@ class Columns:
             table = self._build(conn)
             if table is None:
                 return None
-        values, present = table.values[name], table.present[name]
-        if name in _INTEGER and isinstance(value, float):
-            whole = whole_bound(op, value)
-            if whole is None:  # "=" with a fraction: no integer
-                return np.zeros(len(present), bool)
-            value = whole
+        present = table.present[name]  # before the values: a write widening the column replaces them, then
+        values = table.values[name]  # marks its documents present; the old values hold every earlier one
+        if name in _INTEGER:
+            if isinstance(value, float):
+                whole = whole_bound(op, value)
+                if whole is None:  # "=" with a fraction: no integer
+                    return np.zeros(len(present), bool)
+                value = whole
+            info = np.iinfo(values.dtype)
+            if value > info.max or value < info.min:  # past every value the column's type holds
+                every = op in ("<", "<=") if value > info.max else op in (">", ">=")
+                return present.copy() if every else np.zeros(len(present), bool)
         hit = OPS[op](values, value)
         hit &= present
         return hit

@@ -46,6 +46,19 @@ def test_columns_answer_as_sqlite_does(tmp_path):
         for i in range(0, 100, 3):
             c.remove(f"d{i}")
         c.update("d200", attributes={"width": None, "taken": 123.0})
+        assert c.store.columns.dtype("width") == np.int8  # the narrowest type that holds 0..49
+        warm = answers(c, predicates)
+        c.store.columns.reset()
+        c.store.columns.WARM_AFTER = 10**9
+        assert answers(c, predicates) == warm
+        # a write past the column's type widens it, and bounds past the type's range pass every value or none
+        c.store.columns.WARM_AFTER = 0
+        answers(c, predicates[:1])
+        for docid, width in (("d201", 300), ("d202", -70000), ("d203", 2**40)):
+            c.update(docid, attributes={"width": width})
+            assert c.store.columns.dtype("width").itemsize == {300: 2, -70000: 4, 2**40: 8}[width]
+        predicates += [yql.Predicate("width", op, v) for v in (127, 128, -129, 299.5, 300, 2**40, 2**63 - 1, 1e19)
+                       for op in OPS]
         warm = answers(c, predicates)
         c.store.columns.reset()
         c.store.columns.WARM_AFTER = 10**9
