@@ -44,6 +44,7 @@ import importlib.util
 import json
 import os
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,7 @@ COMPILED = importlib.util.find_spec("numba") is not None
 WARM_AFTER = 32
 NO_BITMAP = np.zeros(0, dtype=np.uint8)  # the compiled walk's "every slot may be returned"
 _walks: Any = None  # clipseek.walks, once loaded
+_walks_tried = False  # loading was tried (once: a numba that fails to load leaves faiss's walks for good)
 _graph_searches = 0
 _walks_lock = threading.Lock()
 
@@ -98,25 +100,38 @@ def loaded_walks() -> Any:
 
 
 def count_search() -> None:
-    """One more graph search in this process: the WARM_AFTER-th loads the compiled walks."""
+    """One more graph search in this process: from the WARM_AFTER-th, the compiled walks are loaded."""
     global _graph_searches
+    if _walks_tried:
+        return
     _graph_searches += 1
-    if _graph_searches == WARM_AFTER:
+    if _graph_searches >= WARM_AFTER:
         load_walks()
 
 
 def load_walks() -> None:
     """Import :mod:`clipseek.walks` and compile its walks, or load them from numba's cache (where numba is
-    installed); searches use them from then on. Thread-safe; at most once."""
-    global _walks
-    if not COMPILED or _walks is not None:
+    installed); searches use them from then on. Thread-safe; tried once: a numba that cannot compile them warns,
+    and faiss's walks stay."""
+    global _walks, _walks_tried
+    if not COMPILED or _walks_tried:
         return
     with _walks_lock:
-        if _walks is None:
+        if _walks_tried:
+            return
+        try:
             from . import walks
 
             walks.warm()
             _walks = walks
+        except Exception as exc:  # a broken numba install costs speed, never a search
+            warnings.warn(f"clipseek: the compiled graph walks did not load ({type(exc).__name__}: {exc}); "
+                          "searches take faiss's walks. Reinstall numba to get them back.", RuntimeWarning,
+                          stacklevel=2)
+        finally:
+            _walks_tried = True
+
+
 _threads = threading.local()  # per calling thread: OpenMP's thread count (one for a search, all for an add), and
 # the search parameters reused by its unfiltered searches
 

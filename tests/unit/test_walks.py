@@ -231,3 +231,32 @@ def test_a_process_walks_with_faiss_until_its_warm_after_th_search_then_with_the
     out = subprocess.run([sys.executable, "-c", WARM_UP, str(c.path), q], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "True"
+
+
+BROKEN = """
+import sys, warnings
+import numpy as np
+from clipseek import hnsw
+from clipseek.collection import Collection
+sys.modules["numba"] = None  # installed, but it fails to import
+c = Collection.open(sys.argv[1], readonly=True)
+q = np.asarray([float(v) for v in sys.argv[2].split(",")], dtype=np.float32)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    found = [[h.docid for h in c.search(q, field="f_image", hits=10, target_hits=10).hits]
+             for _ in range(hnsw.WARM_AFTER + 5)]
+assert hnsw.loaded_walks() is None and found[0] == found[-1] and len(found[-1]) == 10
+print(sum("did not load" in str(w.message) for w in caught))
+"""
+
+
+def test_compiled_walks_that_fail_to_load_warn_once_and_searches_go_on_with_faisss(coll):
+    import subprocess
+    import sys
+
+    c, data, widths, rng = coll
+    c.checkpoint()
+    q = ",".join(str(float(v)) for v in data[9])
+    out = subprocess.run([sys.executable, "-c", BROKEN, str(c.path), q], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "1"
