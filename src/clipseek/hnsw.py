@@ -288,6 +288,24 @@ class AnnIndex:
             params.sel = selector
         return self._nearest_of(self._index, query, width, params)
 
+    def nearest(self, query: np.ndarray, k: int, count: int, ef: int, allow: np.ndarray | None, walk: int,
+                doc_of_slot: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
+        """:meth:`search`'s ``count`` best slots (of those below ``len(doc_of_slot)``), :meth:`cosines` of them and
+        the ``k`` best by cosine, then document (``doc_of_slot[slot]``), in one compiled call: (documents, Vespa's
+        closeness, cosines, how many slots the walk found). None while the compiled walks are not loaded."""
+        walks = loaded_walks()
+        width = min(count, self._covered)
+        if walks is None or width <= 0:
+            return None
+        bitmap = NO_BITMAP if allow is None else np.ascontiguousarray(allow, dtype=np.uint8)
+        visited, stamp = self._visited()
+        with self._lock:  # faiss's arrays, in place: a writer's add may move them
+            found: tuple[np.ndarray, np.ndarray, np.ndarray, int] = walks.nearest(
+                query, self._code_bytes, self._residuals, self._links, self._link_starts, self._cum, self._entry,
+                self._top, min(max(ef, width, walk), self._covered), width, bitmap, visited, stamp, self.step,
+                RESIDUAL_STEPS, doc_of_slot, k)
+        return found
+
     def filter_first(self, query: np.ndarray, ef: int, allow: np.ndarray) -> np.ndarray:
         """The beam of ``ef`` slots that ``allow`` (a bool per slot; slots past its end fail) passes, nearest first
         by the graph's approximate distance, from the filter-first walk (:func:`clipseek.walks.filter_first`),

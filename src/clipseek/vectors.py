@@ -375,6 +375,10 @@ class VectorIndex:
         else:
             count_search()
             plan = "hnsw"
+            if filtered is None:  # the common search: walk, re-scoring and order in one compiled call, when loaded
+                found = self._nearest_compiled(doc_of_slot, q, k, explore, n_candidates)
+                if found is not None:
+                    return found
             beam = self._beam(doc_of_slot, q, k, explore, filtered, n_candidates)
             if beam is None:
                 plan = "scan"
@@ -406,6 +410,23 @@ class VectorIndex:
         order = np.lexsort((docs, -cos))[:k]  # relevance (closeness is strictly increasing in cos), then document
         cos = cos[order]
         return Neighbors(docs[order], closeness(cos), cos, plan)
+
+    def _nearest_compiled(self, doc_of_slot: np.ndarray, q: np.ndarray, k: int, explore: int,
+                          n_candidates: int) -> Neighbors | None:
+        """An unfiltered HNSW search as :meth:`_beam` and :meth:`_rescore` make it, in one compiled call; None when
+        the compiled walks are not loaded, or the walk found fewer live slots than it needs (the caller's loop then
+        widens it)."""
+        graph = self._graph()
+        rows = min(len(graph), len(doc_of_slot))
+        ef = k + explore
+        best = min(ef, max(2 * k, k + RESCORE_EXTRA))
+        share = max(n_candidates, 1) / max(rows, 1)  # dead slots are walked through, as a filter's
+        walk = math.ceil(ef / share) * (2 if share < FILTER_FIRST_THRESHOLD else 1)
+        found = graph.nearest(q, k, best, ef, self.live_bitmap(rows), walk, doc_of_slot[:rows])
+        if found is None or found[3] < min(best, n_candidates):
+            return None
+        docs, rel, cos, _ = found
+        return Neighbors(docs, rel, cos, "hnsw")
 
     def _rescore(self, q: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """Cosines of the beam from the graph's codes; a slot the graph does not cover yet (published a moment

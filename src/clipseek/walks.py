@@ -127,13 +127,28 @@ if HAVE_NUMBA:
         return n
 
     @njit(inline="always")
+    def replace_top(keys: np.ndarray, ids: np.ndarray, n: int, key: Any, v: int) -> None:
+        """Put ``key`` in place of a min-heap's root and sift it down (a push and a pop in one pass)."""
+        i = 0
+        while True:
+            c = 2 * i + 1
+            if c >= n:
+                break
+            if c + 1 < n and keys[c + 1] < keys[c]:
+                c += 1
+            if key <= keys[c]:
+                break
+            keys[i], ids[i] = keys[c], ids[c]
+            i = c
+        keys[i], ids[i] = key, v
+
+    @njit(inline="always")
     def keep(keys: np.ndarray, ids: np.ndarray, n: int, size: int, key: Any, v: int) -> int:
         """Into a min-heap of at most ``size`` entries when there is room or ``key`` beats its least; the new count."""
         if n < size:
             return push(keys, ids, n, key, v)
         if key > keys[0]:
-            n = push(keys, ids, n, key, v)
-            return pop(keys, ids, n)
+            replace_top(keys, ids, n, key, v)
         return n
 
     @njit(inline="always")
@@ -144,9 +159,7 @@ if HAVE_NUMBA:
         if nr < ef or d > res_k[0]:
             if nc < len(cand_k):
                 nc = push(cand_k, cand_i, nc, -d, v)
-            nr = push(res_k, res_i, nr, d, v)
-            if nr > ef:
-                nr = pop(res_k, res_i, nr)
+            nr = keep(res_k, res_i, nr, ef, d, v)
         return nc, nr
 
     @njit(inline="always")
@@ -160,7 +173,15 @@ if HAVE_NUMBA:
             moved = True
             while moved:
                 moved = False
-                for p in range(starts[cur] + cum[level], starts[cur] + cum[level + 1]):
+                lo, hi = starts[cur] + cum[level], starts[cur] + cum[level + 1]
+                for p in range(lo, hi):  # the rows asked for at once, then scored
+                    v = links[p]
+                    if v < 0:
+                        break
+                    if v < rows:
+                        fetch(codes, v)
+                node = cur
+                for p in range(lo, hi):
                     v = links[p]
                     if v < 0:
                         break
@@ -168,7 +189,8 @@ if HAVE_NUMBA:
                         continue
                     d = dot(codes, v, q) - offset
                     if d > best:
-                        best, cur, moved = d, v, True
+                        best, node, moved = d, v, True
+                cur = node
         return cur, best
 
     @njit(inline="always", fastmath=True)
@@ -203,7 +225,8 @@ if HAVE_NUMBA:
         batch, scores = np.empty(hi - lo, np.int64), np.empty(hi - lo, np.float32)
         nc = push(cand_k, cand_i, 0, -best, cur)
         nb = push(beam_k, beam_i, 0, best, cur)
-        nr = push(res_k, res_i, 0, best, cur) if passes(allow, cur) else 0
+        every = len(allow) == 0  # every slot passes: the answer is the beam's best, no heap of its own
+        nr = push(res_k, res_i, 0, best, cur) if not every and passes(allow, cur) else 0
         visited[cur] = stamp
         while nc > 0:
             c = cand_i[0]
@@ -225,12 +248,15 @@ if HAVE_NUMBA:
                 scores[t] = dot(codes, batch[t], q) - offset
             for t in range(m):
                 v, d = batch[t], scores[t]
-                if passes(allow, v):  # every passing slot seen may be returned, as in faiss's walk
+                if not every and passes(allow, v):  # every passing slot seen may be returned, as in faiss's
                     nr = keep(res_k, res_i, nr, count, d, v)
                 if nb < view or d > beam_k[0]:
                     if nc < cap:
                         nc = push(cand_k, cand_i, nc, -d, v)
                     nb = keep(beam_k, beam_i, nb, view, d, v)
+        if every:
+            order = np.argsort(-beam_k[:nb], kind="mergesort")[:count]
+            return beam_i[:nb][order]
         order = np.argsort(-res_k[:nr], kind="mergesort")
         return res_i[:nr][order]
 
@@ -304,7 +330,7 @@ if HAVE_NUMBA:
     def _cosines(q: np.ndarray, codes: np.ndarray, residuals: np.ndarray, slots: np.ndarray, step: float,
                  residual_steps: int) -> np.ndarray:
         """Cosines at ``slots`` from the code bytes (code + 128) and the residuals' nibbles (sixteenths of a code
-        step, counted from -8), each row asked for before any is read; ``q`` of norm > 0."""
+        step, counted from -8), each row asked for before any is read (0 for a zero query)."""
         for t in range(len(slots)):
             fetch(codes, slots[t])
             fetch(residuals, slots[t])
@@ -320,6 +346,8 @@ if HAVE_NUMBA:
         for j in range(dim):
             norm += q[j] * q[j]
             total += q[j]
+        if norm == 0:  # a zero query: cosine 0 with everything, as exact search's
+            return np.zeros(len(slots), np.float32)
         offset = (np.float32(CODE_OFFSET) + np.float32(residual_steps // 2) * weight) * total  # bytes' offsets
         factor = np.float32(step) / np.sqrt(norm)
         out = np.empty(len(slots), np.float32)
@@ -331,6 +359,35 @@ if HAVE_NUMBA:
                 r += np.float32(b & 15) * low[j] + np.float32(b >> 4) * high[j]
             out[t] = (dot(codes, i, q) + r - offset) * factor
         return out
+
+    @njit(inline="always")
+    def closeness(cos: np.ndarray) -> np.ndarray:
+        """Vespa's closeness for angular distance, 1 / (1 + arccos(cos)), in float64 (no fast-math here)."""
+        out = np.empty(len(cos), np.float64)
+        for t in range(len(cos)):
+            out[t] = 1.0 / (1.0 + np.arccos(min(max(np.float64(cos[t]), -1.0), 1.0)))
+        return out
+
+    @njit(nogil=True, cache=True)
+    def _nearest(q: np.ndarray, codes: np.ndarray, residuals: np.ndarray, links: np.ndarray, starts: np.ndarray,
+                 cum: np.ndarray, entry: int, top_level: int, view: int, count: int, allow: np.ndarray,
+                 visited: np.ndarray, stamp: np.uint32, step: float, residual_steps: int, doc_of_slot: np.ndarray,
+                 k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """The plain walk's ``count`` nearest passing slots (those ``doc_of_slot`` covers), re-scored; of them the
+        ``k`` best by cosine, then by document: (documents, closeness, cosines, how many slots the walk found)."""
+        found = _plain(q, codes, links, starts, cum, entry, top_level, view, count, allow, visited, stamp)
+        m = 0
+        for t in range(len(found)):  # a slot published after this search's snapshot of the documents is not seen
+            if found[t] < len(doc_of_slot):
+                found[m] = found[t]
+                m += 1
+        slots = found[:m]
+        cos = _cosines(q, codes, residuals, slots, step, residual_steps)
+        docs = doc_of_slot[slots]
+        by_doc = np.argsort(docs, kind="mergesort")  # then stably by cosine: cosine first, document on ties
+        order = by_doc[np.argsort(-cos[by_doc], kind="mergesort")][:k]
+        best = cos[order]
+        return docs[order], closeness(best), best, m
 
     @njit(nogil=True, fastmath=True, cache=True)
     def _scores(q: np.ndarray, codes: np.ndarray, slots: np.ndarray) -> np.ndarray:
@@ -359,6 +416,8 @@ def warm() -> None:
         allow.flags.writeable = residuals.flags.writeable = not readonly
         filter_first(q, codes, links, starts, cum, 0, 0, 2, allow, visited, stamp)
         cosines(q, codes, residuals, np.arange(2), 0.01, 16)
+        nearest(q, codes, residuals, links, starts, cum, 0, 0, 2, 2, np.zeros(0, np.uint8), visited, stamp + 2, 0.01,
+                16, np.arange(2), 2)
 
 
 def _needs_numba(what: str) -> None:
@@ -389,6 +448,20 @@ def filter_first(query: np.ndarray, codes: np.ndarray, links: np.ndarray, starts
     found: np.ndarray = _filter_first(q, codes, links, starts, cum, entry, top_level, ef, allow, visited,
                                       np.uint32(stamp))
     return found
+
+
+def nearest(query: np.ndarray, codes: np.ndarray, residuals: np.ndarray, links: np.ndarray, starts: np.ndarray,
+            cum: np.ndarray, entry: int, top_level: int, view: int, count: int, allow: np.ndarray, visited: np.ndarray,
+            stamp: int, step: float, residual_steps: int, doc_of_slot: np.ndarray,
+            k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """:func:`walk`, :func:`cosines` of the ``count`` slots it finds (those below ``len(doc_of_slot)``) and their
+    order in one call: the ``k`` best by cosine, then document, as (documents, Vespa's closeness, cosines, how many
+    slots the walk found)."""
+    _needs_numba("the compiled walk")
+    q = np.ascontiguousarray(query, dtype=np.float32)
+    docs, rel, cos, found = _nearest(q, codes, residuals, links, starts, cum, entry, top_level, view, count, allow,
+                                     visited, np.uint32(stamp), step, residual_steps, doc_of_slot, k)
+    return docs, rel, cos, int(found)
 
 
 def cosines(query: np.ndarray, codes: np.ndarray, residuals: np.ndarray, slots: np.ndarray, step: float,

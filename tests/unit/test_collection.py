@@ -583,10 +583,18 @@ def test_the_graph_beam_is_rescored_not_just_its_first_hits(tmp_path, monkeypatc
     """int8 codes rank near neighbours roughly; re-scoring the beam's best (2 × targetHits, at least targetHits +
     16, all of a smaller beam) gives float32's order back."""
     from clipseek.hnsw import AnnIndex
-    rescored = []
-    cosines = AnnIndex.cosines
+    rescored = []  # how many slots each search re-scores: apart (cosines), or with the walk in one call (nearest)
+    cosines, nearest = AnnIndex.cosines, AnnIndex.nearest
     monkeypatch.setattr(AnnIndex, "cosines",
                         lambda self, q, slots: rescored.append(len(slots)) or cosines(self, q, slots))
+
+    def spy(self, *args):
+        found = nearest(self, *args)
+        if found is not None:
+            rescored.append(found[3])
+        return found
+
+    monkeypatch.setattr(AnnIndex, "nearest", spy)
     rng = np.random.default_rng(3)
     data = around(rng, unit_centres(rng, 20, 512), 3000, 0.6)
     queries = around(rng, data, 30, 0.3)

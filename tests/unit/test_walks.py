@@ -84,6 +84,25 @@ def test_the_compiled_walk_finds_what_faisss_walk_finds(graph_data, monkeypatch,
         assert ours.max() < 2000 and len(ours) == 10 and len(set(ours.tolist()) & set(theirs.tolist())) >= 9
 
 
+def test_the_unfiltered_search_in_one_compiled_call_is_the_walk_then_the_rescoring_then_the_order(graph_data):
+    """AnnIndex.nearest (walk, re-scoring and order in one call) answers as its parts do: the walk's best, their
+    cosines from codes and residuals, the k best by cosine then document; slots past the documents' snapshot are
+    left out; a zero query scores 0 and keeps document order."""
+    graph, x, queries, rng = graph_data
+    doc_of_slot = rng.permutation(len(x)).astype(np.int64)  # documents numbered apart from slots
+    for q in [*queries[:30], np.zeros(48, np.float32)]:
+        docs, rel, cos, found = graph.nearest(q, 10, 26, 40, None, 40, doc_of_slot)
+        slots = graph.search(q, 26, 40)
+        want_cos = graph.cosines(q, slots)
+        order = np.lexsort((doc_of_slot[slots], -want_cos))[:10]
+        assert found == 26 and docs.tolist() == doc_of_slot[slots][order].tolist()
+        assert np.allclose(cos, want_cos[order], atol=1e-6)
+        assert np.allclose(rel, 1 / (1 + np.arccos(np.clip(want_cos[order].astype(np.float64), -1, 1))), atol=1e-6)
+    short = doc_of_slot[:3000]  # a search whose snapshot of the documents covers the first 3,000 slots only
+    docs, _, _, found = graph.nearest(x[4500], 10, 26, 40, None, 40, short)
+    assert found < 26 and set(docs.tolist()) <= set(short.tolist())
+
+
 def test_the_compiled_walk_returns_fewer_only_when_fewer_pass_and_walks_a_growing_graph(graph_data):
     graph, x, queries, rng = graph_data
     mask = np.zeros(len(x), bool)
