@@ -306,6 +306,39 @@ class AnnIndex:
                 RESIDUAL_STEPS, doc_of_slot, k)
         return found
 
+    def ranked(self, query: np.ndarray, slots: np.ndarray, doc_of_slot: np.ndarray,
+               k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """:meth:`cosines` of ``slots`` (covered ones) and the ``k`` best by cosine, then document
+        (``doc_of_slot[slot]``), in one compiled call: (documents, Vespa's closeness, cosines); None while the
+        compiled walks are not loaded."""
+        walks = loaded_walks()
+        if walks is None:
+            return None
+        with self._lock:  # faiss's code array, in place: a writer's add may move it
+            found: tuple[np.ndarray, np.ndarray, np.ndarray] = walks.ranked(
+                query, self._code_bytes, self._residuals, slots, self.step, RESIDUAL_STEPS, doc_of_slot, k)
+        return found
+
+    def linked(self, slots: np.ndarray, mask: np.ndarray) -> tuple[int, int]:
+        """Of the distinct slots the graph's bottom layer links ``slots`` to (those below ``len(mask)``): how many,
+        and how many ``mask`` (a bool per slot) passes."""
+        walks = loaded_walks()
+        if walks is None:
+            linked = np.sort(self.neighbours(slots))
+            linked = linked[linked < len(mask)]
+            if len(linked) == 0:
+                return 0, 0
+            first = np.empty(len(linked), bool)  # each slot once (np.unique costs 5 × more here)
+            first[0] = True
+            np.not_equal(linked[1:], linked[:-1], out=first[1:])
+            linked = linked[first]
+            return len(linked), int(np.count_nonzero(mask[linked]))
+        marks, stamp = self._visited()
+        with self._lock:  # faiss's links, in place: a writer's add may move them
+            counts: tuple[int, int] = walks.linked(self._links, self._link_starts, int(self._cum[0]),
+                                                   int(self._cum[1]), slots, mask, marks, stamp)
+        return counts
+
     def filter_first(self, query: np.ndarray, ef: int, allow: np.ndarray) -> np.ndarray:
         """The beam of ``ef`` slots that ``allow`` (a bool per slot; slots past its end fail) passes, nearest first
         by the graph's approximate distance, from the filter-first walk (:func:`clipseek.walks.filter_first`),

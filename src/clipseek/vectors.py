@@ -383,6 +383,12 @@ class VectorIndex:
             if beam is None:
                 plan = "scan"
             else:
+                graph = self.graph
+                assert graph is not None
+                if len(beam) and int(beam.max()) < len(graph):  # re-scoring and order in one compiled call
+                    ranked = graph.ranked(q, beam, doc_of_slot, k)
+                    if ranked is not None:
+                        return Neighbors(*ranked, plan)
                 slots, cos = beam, self._rescore(q, beam)
         if plan == "scan":
             assert filtered is not None
@@ -511,16 +517,8 @@ class VectorIndex:
         slots at large, beyond chance. For a filter independent of the vectors they are a sample of the slots, and
         pass at its share; for one that passes the documents to one side of the collection, at 1.6-4 × its share
         (200k × 512, 5-30 %)."""
-        linked = np.sort(graph.neighbours(keys[:FOLLOWS_SAMPLE]))
-        linked = linked[linked < len(mask)]
-        if len(linked) == 0:
-            return False
-        first = np.empty(len(linked), bool)  # each slot once (np.unique costs 5 × more here)
-        first[0] = True
-        np.not_equal(linked[1:], linked[:-1], out=first[1:])
-        linked = linked[first]
-        n, passing = len(linked), int(np.count_nonzero(mask[linked]))
-        return passing - n * share > FOLLOWS_Z * math.sqrt(n * share * (1 - share))
+        n, passing = graph.linked(keys[:FOLLOWS_SAMPLE], mask)
+        return n > 0 and passing - n * share > FOLLOWS_Z * math.sqrt(n * share * (1 - share))
 
     def live_bitmap(self, rows: int) -> np.ndarray | None:
         """Bitmap of the live slots among the first ``rows`` (for the graph's selector); None when all live."""

@@ -58,21 +58,29 @@ if HAVE_NUMBA:
 
     njit = numba.njit
 
-    def _prefetch(typingctx: Any, array: Any, row: Any, column: Any) -> Any:
-        """Ask the memory for the cache line holding ``array[row, column]`` (LLVM's prefetch: a hint, no fault)."""
-        sig = types.void(array, row, column)
+    def _prefetch(typingctx: Any, array: Any, index: Any) -> Any:
+        """Ask the memory for the cache line holding ``array[index]`` (an integer, or a tuple of them for a 2-D array;
+        LLVM's prefetch: a hint, never a fault)."""
+        sig = types.void(array, index)
 
         def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-            aryty = signature.args[0]
+            aryty, idxty = signature.args
             ary = context.make_array(aryty)(context, builder, args[0])
-            idx = [context.cast(builder, args[i], signature.args[i], types.intp) for i in (1, 2)]
+            if isinstance(idxty, types.BaseTuple):
+                kinds: Any = idxty  # (numba's tuple type iterates its members)
+                idx = [context.cast(builder, builder.extract_value(args[1], i), t, types.intp)
+                       for i, t in enumerate(kinds)]
+            else:
+                idx = [context.cast(builder, args[1], idxty, types.intp)]
             ptr = cgutils.get_item_pointer2(context, builder, ary.data, cgutils.unpack_tuple(builder, ary.shape),
                                             cgutils.unpack_tuple(builder, ary.strides), aryty.layout, idx)
             i32 = ir.IntType(32)
-            opaque = getattr(ptr.type, "is_opaque", False)  # LLVM's own name for the pointer type it takes
-            signature_ = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
-            fn = cgutils.get_or_insert_function(builder.module, signature_,
-                                                "llvm.prefetch.p0" if opaque else "llvm.prefetch.p0i8")
+            if getattr(ptr.type, "is_opaque", False):  # LLVM 15 on: one pointer type, "ptr"
+                name = "llvm.prefetch.p0"
+            else:  # typed pointers (numba 0.60's LLVM 14): the intrinsic takes an i8*
+                ptr, name = builder.bitcast(ptr, ir.IntType(8).as_pointer()), "llvm.prefetch.p0i8"
+            declared = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
+            fn = cgutils.get_or_insert_function(builder.module, declared, name)
             builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])  # read, keep
             return context.get_dummy_value()
 
@@ -84,7 +92,7 @@ if HAVE_NUMBA:
     def fetch(codes: np.ndarray, v: int) -> None:
         """Prefetch every cache line of row ``v``."""
         for j in range(0, codes.shape[1], 64):
-            prefetch(codes, v, j)
+            prefetch(codes, (v, j))
 
     @njit(inline="always", fastmath=True)
     def dot(codes: np.ndarray, i: int, q: np.ndarray) -> Any:
@@ -279,6 +287,7 @@ if HAVE_NUMBA:
         lo, hi = cum[0], cum[1]
         degree = hi - lo  # ACORN-1's limit: as many passing neighbours as a node has links (half: recall 0.97 at 5 %)
         batch, scores = np.empty(degree, np.int64), np.empty(degree, np.float32)
+        failing = np.empty(degree, np.int64)
         while nc > 0:
             c = cand_i[0]
             if nr >= ef and -cand_k[0] < res_k[0]:
@@ -286,11 +295,16 @@ if HAVE_NUMBA:
             nc = pop(cand_k, cand_i, nc)
             found = 0  # passing neighbours taken from this slot: at most a bottom-layer node's links
             m = 0  # those not seen before: their rows asked for at once, then scored in this order
+            f = 0  # those that fail, not seen before: where their links lie is asked for at once
             for p in range(starts[c] + lo, starts[c] + hi):  # first the neighbours that pass
                 v = links[p]
                 if v < 0:
                     break
                 if v >= allowed or not allow[v]:
+                    if v < rows and visited[v] != stamp:
+                        prefetch(starts, v)
+                        failing[f] = v
+                        f += 1
                     continue
                 found += 1
                 if visited[v] == stamp:
@@ -299,6 +313,9 @@ if HAVE_NUMBA:
                 fetch(codes, v)
                 batch[m] = v
                 m += 1
+            for t in range(min(f, degree - found)):  # then their links (each gives ~share × degree that pass)
+                prefetch(links, starts[failing[t]] + lo)
+                prefetch(links, starts[failing[t]] + hi - 1)
             for p in range(starts[c] + lo, starts[c] + hi):  # then, in place of those that fail, their own
                 if found >= degree:
                     break
@@ -381,13 +398,38 @@ if HAVE_NUMBA:
             if found[t] < len(doc_of_slot):
                 found[m] = found[t]
                 m += 1
-        slots = found[:m]
+        docs, rel, cos = _ranked(q, codes, residuals, found[:m], step, residual_steps, doc_of_slot, k)
+        return docs, rel, cos, m
+
+    @njit(nogil=True, cache=True)
+    def _ranked(q: np.ndarray, codes: np.ndarray, residuals: np.ndarray, slots: np.ndarray, step: float,
+                residual_steps: int, doc_of_slot: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``slots`` re-scored; the ``k`` best by cosine, then by document: (documents, closeness, cosines)."""
         cos = _cosines(q, codes, residuals, slots, step, residual_steps)
         docs = doc_of_slot[slots]
         by_doc = np.argsort(docs, kind="mergesort")  # then stably by cosine: cosine first, document on ties
         order = by_doc[np.argsort(-cos[by_doc], kind="mergesort")][:k]
         best = cos[order]
-        return docs[order], closeness(best), best, m
+        return docs[order], closeness(best), best
+
+    @njit(nogil=True, cache=True)
+    def _linked(links: np.ndarray, starts: np.ndarray, lo: int, hi: int, slots: np.ndarray, mask: np.ndarray,
+                marks: np.ndarray, stamp: np.uint32) -> tuple[int, int]:
+        """Of the distinct slots the bottom layer links ``slots`` to (those ``mask`` covers): how many, and how many
+        of them ``mask`` passes; ``marks`` as a walk's visited marks."""
+        n = passing = 0
+        for t in range(len(slots)):
+            for p in range(starts[slots[t]] + lo, starts[slots[t]] + hi):
+                v = links[p]
+                if v < 0:
+                    break
+                if v >= len(mask) or marks[v] == stamp:
+                    continue
+                marks[v] = stamp
+                n += 1
+                if mask[v]:
+                    passing += 1
+        return n, passing
 
     @njit(nogil=True, fastmath=True, cache=True)
     def _scores(q: np.ndarray, codes: np.ndarray, slots: np.ndarray) -> np.ndarray:
@@ -418,6 +460,8 @@ def warm() -> None:
         cosines(q, codes, residuals, np.arange(2), 0.01, 16)
         nearest(q, codes, residuals, links, starts, cum, 0, 0, 2, 2, np.zeros(0, np.uint8), visited, stamp + 2, 0.01,
                 16, np.arange(2), 2)
+        ranked(q, codes, residuals, np.arange(2), 0.01, 16, np.arange(2), 2)
+        linked(links, starts, 0, 32, np.arange(2), allow, visited, stamp + 4)
 
 
 def _needs_numba(what: str) -> None:
@@ -462,6 +506,27 @@ def nearest(query: np.ndarray, codes: np.ndarray, residuals: np.ndarray, links: 
     docs, rel, cos, found = _nearest(q, codes, residuals, links, starts, cum, entry, top_level, view, count, allow,
                                      visited, np.uint32(stamp), step, residual_steps, doc_of_slot, k)
     return docs, rel, cos, int(found)
+
+
+def ranked(query: np.ndarray, codes: np.ndarray, residuals: np.ndarray, slots: np.ndarray, step: float,
+           residual_steps: int, doc_of_slot: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`cosines` of ``slots`` and their order in one call: the ``k`` best by cosine, then document
+    (``doc_of_slot[slot]``), as (documents, Vespa's closeness, cosines)."""
+    _needs_numba("the compiled re-scoring")
+    q = np.ascontiguousarray(query, dtype=np.float32)
+    found: tuple[np.ndarray, np.ndarray, np.ndarray] = _ranked(
+        q, codes, residuals, np.ascontiguousarray(slots, dtype=np.int64), step, residual_steps, doc_of_slot, k)
+    return found
+
+
+def linked(links: np.ndarray, starts: np.ndarray, lo: int, hi: int, slots: np.ndarray, mask: np.ndarray,
+           marks: np.ndarray, stamp: int) -> tuple[int, int]:
+    """Of the distinct slots the bottom layer (links ``lo .. hi`` of each node's run) links ``slots`` to, those
+    below ``len(mask)``: how many, and how many ``mask`` passes; ``marks`` as :func:`walk`'s ``visited``."""
+    _needs_numba("the compiled links count")
+    n, passing = _linked(links, starts, lo, hi, np.ascontiguousarray(slots, dtype=np.int64), mask, marks,
+                         np.uint32(stamp))
+    return int(n), int(passing)
 
 
 def cosines(query: np.ndarray, codes: np.ndarray, residuals: np.ndarray, slots: np.ndarray, step: float,

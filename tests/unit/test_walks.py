@@ -103,6 +103,28 @@ def test_the_unfiltered_search_in_one_compiled_call_is_the_walk_then_the_rescori
     assert found < 26 and set(docs.tolist()) <= set(short.tolist())
 
 
+def test_compiled_ranking_and_links_count_answer_as_numpys(graph_data, monkeypatch):
+    """AnnIndex.ranked (re-scoring and order in one call) and AnnIndex.linked (the distinct slots the bottom layer
+    links a beam to, and how many pass), compiled, against their numpy forms (what runs before the walks load)."""
+    graph, x, queries, rng = graph_data
+    doc_of_slot = rng.permutation(len(x)).astype(np.int64)
+    for share in (0.1, 0.5):
+        mask = rng.random(len(x)) < share
+        for q in queries[:20]:
+            slots = graph.search(q, 40, 40)
+            docs, rel, cos = graph.ranked(q, slots, doc_of_slot, 10)
+            want = graph.cosines(q, slots)
+            order = np.lexsort((doc_of_slot[slots], -want))[:10]
+            assert docs.tolist() == doc_of_slot[slots][order].tolist() and np.allclose(cos, want[order], atol=1e-6)
+            short = mask[:3000]  # slots past the mask's end are not counted
+            compiled = graph.linked(slots, mask), graph.linked(slots, short)
+            monkeypatch.setattr(hnsw, "COMPILED", False)
+            assert graph.ranked(q, slots, doc_of_slot, 10) is None
+            assert (graph.linked(slots, mask), graph.linked(slots, short)) == compiled
+            assert compiled[0][0] > len(slots) and compiled[1][0] < compiled[0][0]
+            monkeypatch.setattr(hnsw, "COMPILED", True)
+
+
 def test_the_compiled_walk_returns_fewer_only_when_fewer_pass_and_walks_a_growing_graph(graph_data):
     graph, x, queries, rng = graph_data
     mask = np.zeros(len(x), bool)
