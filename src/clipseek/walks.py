@@ -94,12 +94,25 @@ if HAVE_NUMBA:
         for j in range(0, codes.shape[1], 64):
             prefetch(codes, (v, j))
 
+    @njit(inline="always")
+    def gather(codes: np.ndarray, v: int, batch: np.ndarray, m: int) -> int:
+        """Slot ``v`` onto the batch an expansion scores, its row asked for now; the new count."""
+        fetch(codes, v)
+        batch[m] = v
+        return m + 1
+
     @njit(inline="always", fastmath=True)
     def dot(codes: np.ndarray, i: int, q: np.ndarray) -> Any:
         s = np.float32(0.0)
         for j in range(codes.shape[1]):
             s += np.float32(codes[i, j]) * q[j]
         return s
+
+    @njit(inline="always", fastmath=True)
+    def score(codes: np.ndarray, batch: np.ndarray, m: int, q: np.ndarray, offset: Any, scores: np.ndarray) -> None:
+        """The first ``m`` slots of the batch scored, once their rows were all asked for."""
+        for t in range(m):
+            scores[t] = dot(codes, batch[t], q) - offset
 
     @njit(inline="always")
     def push(keys: np.ndarray, ids: np.ndarray, n: int, key: Any, v: int) -> int:
@@ -116,25 +129,6 @@ if HAVE_NUMBA:
         return n + 1
 
     @njit(inline="always")
-    def pop(keys: np.ndarray, ids: np.ndarray, n: int) -> int:
-        """Drop a min-heap's root; the new count."""
-        n -= 1
-        keys[0], ids[0] = keys[n], ids[n]
-        i = 0
-        while True:
-            c = 2 * i + 1
-            if c >= n:
-                break
-            if c + 1 < n and keys[c + 1] < keys[c]:
-                c += 1
-            if keys[i] <= keys[c]:
-                break
-            keys[c], keys[i] = keys[i], keys[c]
-            ids[c], ids[i] = ids[i], ids[c]
-            i = c
-        return n
-
-    @njit(inline="always")
     def replace_top(keys: np.ndarray, ids: np.ndarray, n: int, key: Any, v: int) -> None:
         """Put ``key`` in place of a min-heap's root and sift it down (a push and a pop in one pass)."""
         i = 0
@@ -149,6 +143,13 @@ if HAVE_NUMBA:
             keys[i], ids[i] = keys[c], ids[c]
             i = c
         keys[i], ids[i] = key, v
+
+    @njit(inline="always")
+    def pop(keys: np.ndarray, ids: np.ndarray, n: int) -> int:
+        """Drop a min-heap's root; the new count."""
+        n -= 1
+        replace_top(keys, ids, n, keys[n], ids[n])
+        return n
 
     @njit(inline="always")
     def keep(keys: np.ndarray, ids: np.ndarray, n: int, size: int, key: Any, v: int) -> int:
@@ -249,11 +250,8 @@ if HAVE_NUMBA:
                 if v >= rows or visited[v] == stamp:
                     continue
                 visited[v] = stamp
-                fetch(codes, v)
-                batch[m] = v
-                m += 1
-            for t in range(m):
-                scores[t] = dot(codes, batch[t], q) - offset
+                m = gather(codes, v, batch, m)
+            score(codes, batch, m, q, offset, scores)
             for t in range(m):
                 v, d = batch[t], scores[t]
                 if not every and passes(allow, v):  # every passing slot seen may be returned, as in faiss's
@@ -310,9 +308,7 @@ if HAVE_NUMBA:
                 if visited[v] == stamp:
                     continue
                 visited[v] = stamp
-                fetch(codes, v)
-                batch[m] = v
-                m += 1
+                m = gather(codes, v, batch, m)
             for t in range(min(f, degree - found)):  # then their links (each gives ~share × degree that pass)
                 prefetch(links, starts[failing[t]] + lo)
                 prefetch(links, starts[failing[t]] + hi - 1)
@@ -333,11 +329,8 @@ if HAVE_NUMBA:
                         continue
                     visited[u] = stamp
                     found += 1
-                    fetch(codes, u)
-                    batch[m] = u
-                    m += 1
-            for t in range(m):
-                scores[t] = dot(codes, batch[t], q) - offset
+                    m = gather(codes, u, batch, m)
+            score(codes, batch, m, q, offset, scores)
             for t in range(m):
                 nc, nr = consider(batch[t], scores[t], ef, cand_k, cand_i, nc, res_k, res_i, nr)
         order = np.argsort(-res_k[:nr], kind="mergesort")

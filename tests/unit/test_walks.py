@@ -260,18 +260,23 @@ print(found[0] == found[-1])
 """
 
 
-def test_a_process_walks_with_faiss_until_its_warm_after_th_search_then_with_the_compiled_walks(coll):
-    """A one-off search never imports numba (~0.8 s to load the compiled walks); the WARM_AFTER-th graph search
-    of a process loads them, and the searches after it find the same hits."""
+def in_a_new_process(script, coll, row):
+    """What ``script`` prints, run in a fresh Python on the collection with document ``row``'s vector as query."""
     import subprocess
     import sys
 
     c, data, widths, rng = coll
     c.checkpoint()
-    q = ",".join(str(float(v)) for v in data[5])
-    out = subprocess.run([sys.executable, "-c", WARM_UP, str(c.path), q], capture_output=True, text=True)
+    q = ",".join(str(float(v)) for v in data[row])
+    out = subprocess.run([sys.executable, "-c", script, str(c.path), q], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "True"
+    return out.stdout.strip()
+
+
+def test_a_process_walks_with_faiss_until_its_warm_after_th_search_then_with_the_compiled_walks(coll):
+    """A one-off search never imports numba (~0.8 s to load the compiled walks); the WARM_AFTER-th graph search
+    of a process loads them, and the searches after it find the same hits."""
+    assert in_a_new_process(WARM_UP, coll, 5) == "True"
 
 
 BROKEN = """
@@ -292,12 +297,4 @@ print(sum("did not load" in str(w.message) for w in caught))
 
 
 def test_compiled_walks_that_fail_to_load_warn_once_and_searches_go_on_with_faisss(coll):
-    import subprocess
-    import sys
-
-    c, data, widths, rng = coll
-    c.checkpoint()
-    q = ",".join(str(float(v)) for v in data[9])
-    out = subprocess.run([sys.executable, "-c", BROKEN, str(c.path), q], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "1"
+    assert in_a_new_process(BROKEN, coll, 9) == "1"
