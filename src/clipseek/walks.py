@@ -41,6 +41,8 @@ import numpy as np
 
 from .hnsw import CODE_OFFSET  # faiss stores an int8 code c as the byte c + CODE_OFFSET
 
+AHEAD = 8  # a scan asks for a row this many rows before it scores it
+
 try:  # the walks are compiled by numba where it is installed
     import numba
 
@@ -426,9 +428,14 @@ if HAVE_NUMBA:
 
     @njit(nogil=True, fastmath=True, cache=True)
     def _scores(q: np.ndarray, codes: np.ndarray, slots: np.ndarray) -> np.ndarray:
-        """The codes' inner product with ``q`` at ``slots`` (less the same constant for every slot)."""
+        """The codes' inner product with ``q`` at ``slots`` (less the same constant for every slot); each row asked
+        for AHEAD rows before it is scored."""
         out = np.empty(len(slots), np.float32)
+        for t in range(min(AHEAD, len(slots))):
+            fetch(codes, slots[t])
         for t in range(len(slots)):
+            if t + AHEAD < len(slots):
+                fetch(codes, slots[t + AHEAD])
             out[t] = dot(codes, slots[t], q)
         return out
 
