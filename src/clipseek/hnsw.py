@@ -34,8 +34,9 @@ elsewhere) and the filter-first walk (:meth:`AnnIndex.filter_first`).
 
 The graph's ids are the field's slots (rows of its vector file, appended in order; faiss numbers added vectors
 in order), so it grows by appending the rows past the ones it covers. Removed or replaced documents leave dead
-slots in the graph; searches skip them, and slots outside a filter, inside the graph walk (faiss's
-``IDSelectorBitmap``: the walk goes through them, the beam holds only slots that may be returned).
+slots in the graph; searches skip them, and slots outside a filter, inside the graph walk (a bitmap of the slots
+that may be returned, faiss's ``IDSelectorBitmap`` when faiss walks: the walk goes through the others, its answer
+holds only slots that may be returned).
 """
 
 from __future__ import annotations
