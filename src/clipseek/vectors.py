@@ -115,6 +115,16 @@ class Neighbors:
     plan: str  # "exact", "scan" or "hnsw"
 
 
+def _sizes(k: int, explore: int, n_candidates: int, rows: int) -> tuple[int, int, int, float, int]:
+    """A walk's sizes: the beam ``ef``; ``best``, those of it re-scored; ``want``, as Vespa's walk, how many that
+    pass (live, in the filter) it must hold; the share of the ``rows`` slots that pass; and ``view``, ~ef / share,
+    the slots in view for ef that pass."""
+    ef = k + explore
+    best = min(ef, max(2 * k, k + RESCORE_EXTRA))
+    share = max(n_candidates, 1) / max(rows, 1)
+    return ef, best, min(best, n_candidates), share, math.ceil(ef / share)
+
+
 class SlotFilter:
     """A filter in slot space: which slots pass (live ones of allowed documents), as a mask; the slots and the
     graph walk's bitmap are made from it when first needed, then kept with it."""
@@ -424,12 +434,10 @@ class VectorIndex:
         widens it)."""
         graph = self._graph()
         rows = min(len(graph), len(doc_of_slot))
-        ef = k + explore
-        best = min(ef, max(2 * k, k + RESCORE_EXTRA))
-        share = max(n_candidates, 1) / max(rows, 1)  # dead slots are walked through, as a filter's
-        walk = math.ceil(ef / share) * (2 if share < FILTER_FIRST_THRESHOLD else 1)
+        ef, best, want, share, view = _sizes(k, explore, n_candidates, rows)  # dead slots are walked through
+        walk = 2 * view if share < FILTER_FIRST_THRESHOLD else view
         found = graph.nearest(q, k, best, ef, self.live_bitmap(rows), walk, doc_of_slot[:rows])
-        if found is None or found[3] < min(best, n_candidates):
+        if found is None or found[3] < want:
             return None
         docs, rel, cos, _ = found
         return Neighbors(docs, rel, cos, "hnsw")
@@ -479,11 +487,7 @@ class VectorIndex:
         vectors here needs."""
         graph = self._graph()
         rows = min(len(graph), len(doc_of_slot))
-        ef = k + explore
-        best = min(ef, max(2 * k, k + RESCORE_EXTRA))  # those of the beam re-scored
-        want = min(best, n_candidates)  # as Vespa: a walk until the beam holds enough that pass (live, in the filter)
-        share = max(n_candidates, 1) / rows
-        view = math.ceil(ef / share)  # ~ef slots that pass, as Vespa's walk until it holds ef that pass
+        ef, best, want, share, view = _sizes(k, explore, n_candidates, rows)
         walk = 2 * view if share < FILTER_FIRST_THRESHOLD else view
         if filtered is None:
             allow = self.live_bitmap(rows)
