@@ -1,6 +1,7 @@
 """Range predicates answered from the in-memory attribute columns agree with SQLite's answers, writes included."""
 
 import numpy as np
+import pytest
 
 from clipseek import yql
 from clipseek.collection import Collection, Document, Filter
@@ -174,3 +175,41 @@ def test_a_fresh_collections_filter_and_one_with_removed_documents_find_the_near
         c.update("d9", vectors={"f_image": rng.standard_normal(4).astype(np.float32)})
         for bound in (40, 26):
             check(bound)
+
+
+@pytest.mark.parametrize("write", ["grow", "remove", "null", "replace"])
+def test_columns_with_every_value_present_answer_as_sqlite_does_after_a_write_that_leaves_gaps(tmp_path, write):
+    """While every document in the columns' range of ids has a value, a comparison is not and-ed with the presence
+    mask; ids with no value (below the first document, room grown into, a removed or replaced document, a NULL
+    written later) must still never pass."""
+    rng = np.random.default_rng(11)
+
+    def full(n, start):
+        return [Document(f"d{i}", width=int(rng.integers(0, 50)), taken=float(rng.integers(0, 20)),
+                         size=int(rng.integers(0, 9)), lat=float(rng.uniform(-1, 1)),
+                         vectors={"f_image": rng.standard_normal(4).astype(np.float32)})
+                for i in range(start, start + n)]
+
+    predicates = [yql.Predicate(name, op, value) for name, values in (
+        ("width", [0, 10, 49, 60, -1]), ("taken", [0.0, 7.5]), ("size", [0, 4]), ("lat", [-2.0, 0.0]))
+        for value in values for op in OPS]
+    with Collection.create(tmp_path / "c") as c:
+        c.add_field("f_image", "m", 4)
+        c.feed(full(200, 0))
+        c.store.MATCHED_KEPT = 0
+        c.store.columns.WARM_AFTER = 0
+        before = answers(c, predicates)  # built now, with every value present; kept current by the write
+        assert c.store.columns.in_memory
+        if write == "grow":  # ids past the columns' end: they grow, with room past the new ids
+            c.feed(full(50, 200))
+        elif write == "remove":
+            c.remove("d3")
+        elif write == "null":
+            c.update("d7", attributes={"width": None, "taken": None, "size": None, "lat": None})
+        else:
+            c.feed(full(1, 9))
+        warm = answers(c, predicates)
+        assert warm != before
+        c.store.columns.reset()
+        c.store.columns.WARM_AFTER = 10**9
+        assert answers(c, predicates) == warm
