@@ -31,7 +31,9 @@ def test_a_repeated_predicate_is_kept_until_the_documents_change(tmp_path):
                 for d, w in widths.items()]
         c.feed(docs)
         p = yql.Predicate("width", "<=", 20)
+        once = c.store.matching(p)  # a predicate asked once is not kept (its memory is lent to the next)
         first = c.store.matching(p)
+        assert first is not once and (first == once).all()
         assert c.store.matching(p) is first and not first.flags.writeable  # kept, and nobody can change it
         assert matched(c) == {d for d, w in widths.items() if w <= 20}
 
