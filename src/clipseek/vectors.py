@@ -69,6 +69,9 @@ FILTER_FIRST = True
 #: recall@10 0.97-0.98 at 5 % with the beam as it is, 0.989-0.990 with it doubled, 0.995 with it × 4; 0.997-0.999
 #: at 7-10 % either way).
 FILTER_FIRST_FULL = 0.1
+#: Below this share of the slots a filter's slots are listed by :func:`clipseek.walks.listed`, above it by numpy
+#: (where they are many, numpy's listing is the faster).
+LISTED_SHARE = 0.25
 GATHER_BYTES = 1 << 20  # scattered rows are scored this many bytes at a time
 #: A filter "follows the vectors" near a query when the slots the beam links to pass it more often than an independent
 #: filter's could by chance: by this many standard deviations of a binomial count at the filter's share. (200k × 512,
@@ -137,7 +140,11 @@ class SlotFilter:
 
     def slots(self) -> np.ndarray:
         if self._slots is None:
-            self._slots = np.flatnonzero(self.mask)
+            walks = loaded_walks()
+            if walks is not None and self.count < LISTED_SHARE * len(self.mask):  # few: the compiled listing
+                self._slots = walks.listed(self.mask, self.count)
+            else:
+                self._slots = np.flatnonzero(self.mask)
         return self._slots
 
     def bitmap(self, rows: int) -> np.ndarray:

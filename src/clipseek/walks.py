@@ -54,9 +54,11 @@ if HAVE_NUMBA:
     from llvmlite import ir
     from numba.core import cgutils as _cgutils
     from numba.core import types
+    from numba.cpython.unsafe.numbers import trailing_zeros as _trailing_zeros
     from numba.extending import intrinsic
 
     cgutils: Any = _cgutils  # (untyped)
+    trailing_zeros: Any = _trailing_zeros  # (an intrinsic: typed as taking numba's typing context first)
 
     njit = numba.njit
 
@@ -439,6 +441,30 @@ if HAVE_NUMBA:
             out[t] = dot(codes, slots[t], q)
         return out
 
+    @njit(nogil=True, cache=True)
+    def _listed(mask: np.ndarray, words: np.ndarray, head: int, count: int) -> np.ndarray:
+        """The first ``count`` indexes of ``mask``'s true entries, in order; ``words``: its bytes from ``head`` on, as
+        whole aligned 8-byte words. A word with none is passed over in one test; in one with some, each is found by
+        its trailing zero bits."""
+        out = np.empty(count, np.int64)
+        m = 0
+        for j in range(head):
+            if mask[j] and m < count:
+                out[m] = j
+                m += 1
+        for i in range(len(words)):
+            w = words[i]
+            while w and m < count:
+                low = trailing_zeros(w) & 56  # the first nonzero byte's lowest bit
+                out[m] = head + 8 * i + (low >> 3)
+                m += 1
+                w &= ~(np.uint64(255) << np.uint64(low))
+        for j in range(head + 8 * len(words), len(mask)):
+            if mask[j] and m < count:
+                out[m] = j
+                m += 1
+        return out[:m]
+
 
 def warm() -> None:
     """Compile the walks, or load them from numba's cache, for every kind of array a search hands them (numba
@@ -453,6 +479,10 @@ def warm() -> None:
     q, visited = np.ones(dim, np.float32), np.zeros(2, np.uint32)
     walk(q, codes, links, starts, cum, 0, 0, 2, 2, np.zeros(0, np.uint8), visited, 1)
     code_scores(q, codes, np.arange(2))
+    for readonly in (False, True):
+        mask = np.zeros(2, np.bool_)
+        mask.flags.writeable = not readonly
+        listed(mask, 0)
     for stamp, readonly in ((2, False), (3, True)):
         allow, residuals = np.ones(2, np.bool_), np.full((2, dim // 2), 0x88, np.uint8)
         allow.flags.writeable = residuals.flags.writeable = not readonly
@@ -548,3 +578,16 @@ def code_scores(query: np.ndarray, codes: np.ndarray, slots: np.ndarray) -> np.n
     q = np.ascontiguousarray(query, dtype=np.float32)
     scores: np.ndarray = _scores(q, codes, np.ascontiguousarray(slots, dtype=np.int64))
     return scores
+
+
+def listed(mask: np.ndarray, count: int) -> np.ndarray:
+    """``np.flatnonzero(mask)`` for a bool mask with ``count`` true entries (``np.count_nonzero``), in a fraction
+    of its time where they are few (a million, an ad hoc check: 1 % of them in 59-178 µs against 172-381, 10 % in
+    213-891 against 341-2,206; scattered ones the slower), and slower where they are many (50 %, scattered: 1.3
+    against 0.8 ms)."""
+    _needs_numba("the compiled listing")
+    mask = np.ascontiguousarray(mask, dtype=np.bool_)
+    head = min(-mask.ctypes.data % 8, len(mask))
+    whole = (len(mask) - head) // 8 * 8
+    found: np.ndarray = _listed(mask, mask[head: head + whole].view(np.uint64), head, count)
+    return found

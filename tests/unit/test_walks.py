@@ -125,6 +125,23 @@ def test_compiled_ranking_and_links_count_answer_as_numpys(graph_data, monkeypat
             monkeypatch.setattr(hnsw, "COMPILED", True)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_compiled_listing_of_a_masks_true_entries_is_numpys(seed):
+    """Word by word, over any length and any start (a view into a longer mask need not start on a word), with
+    the count given cutting it short, and bytes of a bool view that are neither 0 nor 1 counted once."""
+    rng = np.random.default_rng(seed)
+    for n in (0, 1, 7, 8, 9, 64, 1001, 20011):
+        for share in (0.0, 0.01, 0.2, 0.9, 1.0):
+            for start in range(9):
+                mask = (rng.random(n + start) < share)[start:]
+                count = int(np.count_nonzero(mask))
+                assert walks.listed(mask, count).tolist() == np.flatnonzero(mask).tolist()
+                assert walks.listed(mask, count // 2).tolist() == np.flatnonzero(mask)[: count // 2].tolist()
+    raw = rng.integers(0, 4, 1000).astype(np.uint8) * rng.integers(0, 2, 1000).astype(np.uint8)
+    mask = raw.view(np.bool_)
+    assert walks.listed(mask, int(np.count_nonzero(mask))).tolist() == np.flatnonzero(raw).tolist()
+
+
 def test_the_compiled_walk_returns_fewer_only_when_fewer_pass_and_walks_a_growing_graph(graph_data):
     graph, x, queries, rng = graph_data
     mask = np.zeros(len(x), bool)
