@@ -22,10 +22,10 @@ its libraries). Both sides count
 alike: the graph, every vector row the queries read, and (clipseek) the hits' summaries and id maps.
 
 Also: filtered search (a filter passing 1, 10, 50 and 90 % of the documents: p50 latency against the unfiltered
-search's, recall against exact filtered search; once with the same filter for every query, which the collection
-evaluates once and keeps, and once with a filter no earlier query used), exact search latency, build time, and
-the time to reopen the collection and answer a first query. ``--no-faiss`` skips faiss's index (a long build
-at a million rows).
+search's, timed interleaved with it, query by query; recall against exact filtered search; once with the same
+filter for every query, which the collection evaluates once and keeps, and once with a filter no earlier query
+used), exact search latency, build time, and the time to reopen the collection and answer a first query.
+``--no-faiss`` skips faiss's index (a long build at a million rows).
 """
 
 from __future__ import annotations
@@ -247,31 +247,42 @@ def main() -> None:
     widths = np.arange(args.n) % 100
     probe = queries[: min(args.filtered_queries, len(queries))]
 
-    def timed(flt: Filter | None | Callable[[int], Filter]) -> tuple[float, list[list[int]], str]:
-        times, found, plans = [], [], set()
+    def timed(kinds: dict[str, Callable[[int], Filter | None]]) -> dict[str, tuple[float, list[list[int]], str]]:
+        """Each query once with each kind of filter, the kinds' order turned by one each query (interleaved: the
+        host's busy moments fall on all of them alike); each kind's p50, hits and plans."""
+        names = list(kinds)
+        times: dict[str, list[float]] = {n: [] for n in names}
+        found: dict[str, list[list[int]]] = {n: [] for n in names}
+        plans: dict[str, set[str]] = {n: set() for n in names}
         for i, q in enumerate(probe):
-            flt_i = flt(i) if callable(flt) else flt
-            t = time.perf_counter()
-            r = coll.search(q, field=FIELD, hits=10, target_hits=10, explore_additional_hits=beam - 10, filter=flt_i)
-            times.append(time.perf_counter() - t)
-            found.append([int(h.docid) for h in r.hits])
-            plans.add(r.plan)
-        return statistics.median(times), found, "/".join(sorted(plans))
+            for name in names[i % len(names):] + names[: i % len(names)]:
+                flt = kinds[name](i)
+                t = time.perf_counter()
+                r = coll.search(q, field=FIELD, hits=10, target_hits=10, explore_additional_hits=beam - 10,
+                                filter=flt)
+                times[name].append(time.perf_counter() - t)
+                found[name].append([int(h.docid) for h in r.hits])
+                plans[name].add(r.plan)
+        return {n: (statistics.median(times[n]), found[n], "/".join(sorted(plans[n]))) for n in names}
 
     for i in range(40):  # a running server's state: the in-memory columns are built after a few distinct predicates
         coll.search(queries[0], field=FIELD, hits=10, filter=Filter(max_width=-1 - i))
-    base_p50, _, _ = timed(None)
-    print(f"filtered search at beam {beam} ({len(probe)} queries): unfiltered p50 {base_p50 * 1e3:.2f} ms")
+    print(f"filtered search at beam {beam} ({len(probe)} queries; each filter's p50 against the unfiltered search's, "
+          "timed interleaved with it)")
     for share in FILTER_SHARES:
         rows = np.flatnonzero(widths < share)
         exact = rows[exact_top(probe, data[rows])]
-        p50, found, plans = timed(Filter(max_width=share - 1))
-        print(f"  filter passing {share:>2} %: p50 {p50 * 1e3:.2f} ms ({p50 / base_p50:.1f}x unfiltered), "
-              f"recall@10 {recall(found, exact):.4f} against exact filtered search, plan {plans}")
-        # the same documents through a filter no earlier query used (width <= share - 1 + a millionth times the
-        # query's number: the same integers pass), so nothing evaluated for an earlier query is reused
-        p50, found, plans = timed(lambda i, s=share: Filter(max_width=s - 1 + (i + 1) / 1e6))
-        print(f"    a new filter each query: p50 {p50 * 1e3:.2f} ms ({p50 / base_p50:.1f}x unfiltered), "
+        # the new filter passes the same documents (width <= share - 1 + a millionth times the query's number: the
+        # same integers pass), and no earlier query used it, so nothing evaluated for an earlier query is reused
+        got = timed({"unfiltered": lambda i: None, "same": lambda i, s=share: Filter(max_width=s - 1),
+                     "new": lambda i, s=share: Filter(max_width=s - 1 + (i + 1) / 1e6)})
+        base_p50 = got["unfiltered"][0]
+        p50, found, plans = got["same"]
+        print(f"  filter passing {share:>2} %: unfiltered p50 {base_p50 * 1e3:.2f} ms; the same filter each query: "
+              f"p50 {p50 * 1e3:.2f} ms ({p50 / base_p50:.2f}x unfiltered), recall@10 {recall(found, exact):.4f} "
+              f"against exact filtered search, plan {plans}")
+        p50, found, plans = got["new"]
+        print(f"    a new filter each query: p50 {p50 * 1e3:.2f} ms ({p50 / base_p50:.2f}x unfiltered), "
               f"recall@10 {recall(found, exact):.4f}, plan {plans}")
     coll.close()
 
