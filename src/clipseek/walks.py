@@ -447,11 +447,7 @@ if HAVE_NUMBA:
         whole aligned 8-byte words. A word with none is passed over in one test; in one with some, each is found by
         its trailing zero bits."""
         out = np.empty(count, np.int64)
-        m = 0
-        for j in range(head):
-            if mask[j] and m < count:
-                out[m] = j
-                m += 1
+        m = _listed_bytes(mask, 0, head, out, 0)
         for i in range(len(words)):
             w = words[i]
             while w and m < count:
@@ -459,11 +455,17 @@ if HAVE_NUMBA:
                 out[m] = head + 8 * i + (low >> 3)
                 m += 1
                 w &= ~(np.uint64(255) << np.uint64(low))
-        for j in range(head + 8 * len(words), len(mask)):
-            if mask[j] and m < count:
+        m = _listed_bytes(mask, head + 8 * len(words), len(mask), out, m)
+        return out[:m]
+
+    @njit(inline="always")
+    def _listed_bytes(mask: np.ndarray, lo: int, hi: int, out: np.ndarray, m: int) -> int:
+        """:func:`_listed`'s bytes outside whole words, one by one, while ``out`` has room; the new count."""
+        for j in range(lo, hi):
+            if mask[j] and m < len(out):
                 out[m] = j
                 m += 1
-        return out[:m]
+        return m
 
 
 def warm() -> None:
